@@ -1,0 +1,141 @@
+"""``load_extractor``: a spec plus weights -> a ready :class:`Extractor`."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import torch
+
+from pathbench.errors import PathbenchError, WeightsAccessError
+from pathbench.extractors import weights as weights_mod
+from pathbench.extractors.base import Extractor
+from pathbench.extractors.builders import TokenModel, build_network
+from pathbench.extractors.registry import get_spec, plugin_extractor
+from pathbench.extractors.spec import ModelSpec
+
+logger = logging.getLogger(__name__)
+
+RANDOM_SEED = 0
+
+
+def load_extractor(
+    model: str | ModelSpec,
+    *,
+    weights: str | os.PathLike | None = None,
+    device: str | torch.device = "auto",
+    precision: str = "fp32",
+    pooling: str | None = None,
+    trust_remote_code: bool = False,
+) -> Extractor:
+    """Build the model, load its weights and wrap it in an :class:`Extractor`.
+
+    Args:
+        model: a registry name (``"h0-mini"``, ``"timm:vit_small_patch16_224"``,
+            ``"hf:owkin/phikon"``) or a :class:`ModelSpec`.
+        weights: a local safetensors file or torch state dict; wins over the hub.
+        device: ``"auto"`` (cuda, then mps, then cpu), or a torch device string.
+        precision: ``"fp32"``, ``"fp16"`` or ``"bf16"``.
+        pooling: default pooling of the extractor (``None``: the spec's default).
+        trust_remote_code: allow models that need code from their hub repository.
+    """
+    spec = model if isinstance(model, ModelSpec) else get_spec(model)
+    if weights is None and not isinstance(model, ModelSpec):
+        ready = plugin_extractor(spec.name)
+        if ready is not None:
+            return ready
+    if weights is not None:
+        spec = spec.replace(weights_path=str(weights), random_init=False)
+    if spec.family == "hf" and spec.hub_id and not spec.weights_path and not spec.random_init:
+        network, fingerprint, spec = _load_hf_pretrained(spec, trust_remote_code)
+    else:
+        network, fingerprint = _build_and_load(spec)
+    return Extractor(spec, network, fingerprint, device=device, precision=precision, pooling=pooling)
+
+
+def _build_and_load(spec: ModelSpec) -> tuple[TokenModel, str]:
+    if spec.random_init:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(RANDOM_SEED)
+            network = build_network(spec)
+        return network, weights_mod.tensors_fingerprint(network)
+    network = build_network(spec)
+    path = Path(spec.weights_path) if spec.weights_path else weights_mod.download_weights(spec)
+    state = weights_mod.load_state_dict(path)
+    _load_into(network, state, spec, path)
+    return network, weights_mod.file_fingerprint(path)
+
+
+def _load_into(network: TokenModel, state: dict[str, torch.Tensor], spec: ModelSpec, path: Path) -> None:
+    target = network.backbone
+    expected = set(target.state_dict())
+    # Checkpoints may carry a classifier head or a wrapper prefix the backbone does not have.
+    for prefix in ("module.", "backbone.", "model."):
+        if not (set(state) & expected) and all(k.startswith(prefix) for k in state):
+            state = {k.removeprefix(prefix): v for k, v in state.items()}
+    state = {k: v for k, v in state.items() if not (k.startswith("head.") and k not in expected)}
+    missing = sorted(expected - set(state))
+    unexpected = sorted(set(state) - expected)
+    if missing or unexpected:
+        raise WeightsAccessError(
+            f"{spec.name}: the weights in {path} do not match the architecture {spec.arch} "
+            f"({len(missing)} missing keys, e.g. {missing[:3]}; {len(unexpected)} unexpected, e.g. {unexpected[:3]}). "
+            "Check that the file belongs to this model."
+        )
+    try:
+        target.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise WeightsAccessError(f"{spec.name}: the weights in {path} have the wrong shapes: {exc}") from exc
+
+
+def _load_hf_pretrained(spec: ModelSpec, trust_remote_code: bool) -> tuple[TokenModel, str, ModelSpec]:
+    """transformers models from the hub: snapshot the repository, then ``from_pretrained``."""
+    if spec.trust_remote_code and not trust_remote_code:
+        raise PathbenchError(
+            f"{spec.name} runs code from its hub repository {weights_mod.hub_page(spec.hub_id or '')}; "
+            "read it, then pass --trust-remote-code (trust_remote_code=True) to allow it."
+        )
+    local_dir = _snapshot(spec)
+    import transformers
+
+    try:
+        backbone = transformers.AutoModel.from_pretrained(local_dir, trust_remote_code=trust_remote_code)
+    except ValueError as exc:
+        raise PathbenchError(f"{spec.name}: transformers cannot load {local_dir}: {exc}") from exc
+    config = backbone.config
+    hidden = int(getattr(config, "hidden_size", 0) or spec.embed_dim)
+    registers = int(getattr(config, "num_register_tokens", 0) or 0)
+    if spec.embed_dim == 0:
+        spec = spec.replace(embed_dim=hidden, num_prefix_tokens=1 + registers)
+    # A snapshot folder is named by its commit, which pins the weights' content.
+    return TokenModel(backbone, "hf"), "hf-commit:" + Path(local_dir).name, spec
+
+
+def _snapshot(spec: ModelSpec) -> str:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.utils import GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    page = weights_mod.hub_page(spec.hub_id or "")
+    try:
+        return snapshot_download(
+            spec.hub_id, allow_patterns=["*.json", "*.safetensors", "*.py", "*.txt"] + (
+                [] if _has_safetensors(spec) else ["*.bin"]
+            )
+        )
+    except GatedRepoError as exc:
+        raise WeightsAccessError(f"{spec.name}: {page} is gated and this account has no access. "
+                                 f"{weights_mod.access_help(spec)}") from exc
+    except RepositoryNotFoundError as exc:
+        raise WeightsAccessError(f"{spec.name}: {page} was not found, or it is gated and no token was sent. "
+                                 f"{weights_mod.access_help(spec)}") from exc
+    except LocalEntryNotFoundError as exc:
+        raise WeightsAccessError(
+            f"{spec.name}: the hub could not be reached (or HF_HUB_OFFLINE is set) and no cached copy of "
+            f"{spec.hub_id} exists. Download it once with `huggingface-cli download {spec.hub_id}`, "
+            "or pass --weights PATH."
+        ) from exc
+
+
+def _has_safetensors(spec: ModelSpec) -> bool:
+    return spec.weights_files[:1] == ("model.safetensors",)

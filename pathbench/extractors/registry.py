@@ -1,0 +1,179 @@
+"""The model registry: built-in specs, generic ``timm:``/``hf:`` specs and plugins.
+
+Third-party packages add extractors through the entry-point group
+``pathbench.extractors``. Each entry point names a zero-argument callable returning a
+:class:`ModelSpec`, a list of specs, or a ready :class:`Extractor`. A plugin that fails
+to import or to run is reported as one warning line; everything else keeps working.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import warnings
+from collections.abc import Callable, Iterable
+from importlib import metadata
+
+from pathbench.errors import ModelNotFoundError, PathbenchError
+from pathbench.extractors.base import Extractor
+from pathbench.extractors.spec import IMAGENET_MEAN, IMAGENET_STD, ModelSpec
+from pathbench.extractors.zoo import BUILTIN_SPECS
+
+ENTRY_POINT_GROUP = "pathbench.extractors"
+logger = logging.getLogger(__name__)
+
+_registered: dict[str, ModelSpec] = {}
+_plugin_extractors: dict[str, Extractor] = {}
+_plugins_loaded = False
+
+
+def register(spec: ModelSpec, *, overwrite: bool = False) -> ModelSpec:
+    """Add ``spec`` to the registry (usable as a decorator target or a plain call)."""
+    if spec.name in _all_specs() and not overwrite:
+        raise PathbenchError(
+            f"a model named {spec.name!r} is already registered (origin {_all_specs()[spec.name].origin}); "
+            "choose another name or pass overwrite=True."
+        )
+    _registered[spec.name] = spec
+    return spec
+
+
+def _all_specs() -> dict[str, ModelSpec]:
+    specs = {spec.name: spec for spec in BUILTIN_SPECS}
+    specs.update(_registered)
+    return specs
+
+
+def load_plugins(force: bool = False) -> None:
+    """Import every ``pathbench.extractors`` entry point once; report failures as warnings."""
+    global _plugins_loaded
+    if _plugins_loaded and not force:
+        return
+    _plugins_loaded = True
+    for entry_point in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        origin = entry_point.dist.name if entry_point.dist is not None else entry_point.value
+        try:
+            factory: Callable[[], object] = entry_point.load()
+            provided = factory()
+        except Exception as exc:  # a broken plugin must never break pathbench
+            warnings.warn(
+                f"pathbench plugin {entry_point.name!r} from {origin} failed to load "
+                f"({type(exc).__name__}: {exc}); its models are unavailable.",
+                stacklevel=2,
+            )
+            continue
+        try:
+            _register_provided(provided, origin)
+        except Exception as exc:
+            warnings.warn(
+                f"pathbench plugin {entry_point.name!r} from {origin} returned something unusable ({exc}); "
+                "expected a ModelSpec, a list of ModelSpec, or an Extractor.",
+                stacklevel=2,
+            )
+
+
+def _register_provided(provided: object, origin: str) -> None:
+    items: Iterable[object]
+    if isinstance(provided, (ModelSpec, Extractor)):
+        items = [provided]
+    elif isinstance(provided, (list, tuple)):
+        items = provided
+    else:
+        raise TypeError(f"got {type(provided).__name__}")
+    for item in items:
+        if isinstance(item, Extractor):
+            spec = item.spec if item.spec.origin != "pathbench" else item.spec.replace(origin=origin)
+            _plugin_extractors[spec.name] = item
+            _registered[spec.name] = spec
+        elif isinstance(item, ModelSpec):
+            spec = item if item.origin != "pathbench" else item.replace(origin=origin)
+            if spec.name in {s.name for s in BUILTIN_SPECS}:
+                raise TypeError(f"model name {spec.name!r} is taken by a built-in model")
+            _registered[spec.name] = spec
+        else:
+            raise TypeError(f"got a {type(item).__name__} in the list")
+
+
+def list_specs(pattern: str | None = None) -> list[ModelSpec]:
+    """All known specs (built-in and plugins), sorted by name; ``pattern`` filters with wildcards."""
+    import fnmatch
+
+    load_plugins()
+    specs = sorted(_all_specs().values(), key=lambda s: s.name)
+    if pattern:
+        specs = [s for s in specs if fnmatch.fnmatch(s.name, pattern)]
+    return specs
+
+
+def get_spec(name: str) -> ModelSpec:
+    """The spec called ``name``; ``timm:<arch>`` and ``hf:<repo>`` build generic specs.
+
+    An unknown name raises :class:`ModelNotFoundError` that suggests close matches.
+    """
+    if name.startswith("timm:"):
+        return timm_spec(name.removeprefix("timm:"))
+    if name.startswith("hf:"):
+        return hf_spec(name.removeprefix("hf:"))
+    load_plugins()
+    specs = _all_specs()
+    if name in specs:
+        return specs[name]
+    close = difflib.get_close_matches(name, list(specs), n=3, cutoff=0.5)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    raise ModelNotFoundError(
+        f"unknown model {name!r}.{hint} `pathbench models` lists every model; any timm architecture works "
+        "as timm:<arch> and any Hugging Face vision model as hf:<repo>."
+    )
+
+
+def plugin_extractor(name: str) -> Extractor | None:
+    """The ready Extractor a plugin supplied for ``name``, if any."""
+    load_plugins()
+    return _plugin_extractors.get(name)
+
+
+def timm_spec(arch: str) -> ModelSpec:
+    """A spec for any timm architecture, weights from timm's own hub repository."""
+    import timm
+
+    if not timm.is_model(arch.split(".")[0]):
+        close = difflib.get_close_matches(arch, timm.list_models(), n=3)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise ModelNotFoundError(f"timm has no architecture {arch!r}.{hint}")
+    from pathbench.extractors.builders import build_network
+
+    probe = ModelSpec(name=f"timm:{arch}", family="timm", arch=arch, embed_dim=0, build_kwargs={"num_classes": 0})
+    backbone = build_network(probe, device="meta").backbone
+    cfg = timm.get_pretrained_cfg(arch) if hasattr(timm, "get_pretrained_cfg") else None
+    hub_id = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
+    mean = tuple(getattr(cfg, "mean", IMAGENET_MEAN) or IMAGENET_MEAN)
+    std = tuple(getattr(cfg, "std", IMAGENET_STD) or IMAGENET_STD)
+    input_size = getattr(cfg, "input_size", (3, 224, 224)) or (3, 224, 224)
+    crop_pct = getattr(cfg, "crop_pct", 1.0) or 1.0
+    crop = int(input_size[-1])
+    return probe.replace(
+        embed_dim=int(backbone.num_features),
+        num_prefix_tokens=max(1, int(getattr(backbone, "num_prefix_tokens", 1))),
+        hub_id=hub_id,
+        mean=mean,
+        std=std,
+        crop=crop,
+        resize=int(round(crop / crop_pct)),
+        interpolation=getattr(cfg, "interpolation", "bicubic") or "bicubic",
+        licence=getattr(cfg, "license", None) or "see the timm model card",
+        origin="timm",
+        description=f"timm architecture {arch}",
+    )
+
+
+def hf_spec(repo: str) -> ModelSpec:
+    """A spec for any transformers vision model on the hub (architecture read at load time)."""
+    return ModelSpec(
+        name=f"hf:{repo}",
+        family="hf",
+        arch="AutoConfig",
+        embed_dim=0,
+        hub_id=repo,
+        origin="transformers",
+        description=f"transformers model {repo} (mean/std: ImageNet; pass a plugin spec to change)",
+    )

@@ -1,0 +1,161 @@
+"""Declarative model specs.
+
+A :class:`ModelSpec` names an architecture (how to build it without weights), a weights
+source (a hub repository or a local file) and the preprocessing that is part of the
+model's identity, separately, the way timm keeps an architecture apart from its
+``pretrained_cfg``. Adding a model to pathbench is adding a spec, not writing a class.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from pathbench.errors import PathbenchError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+POOLINGS = ("cls", "mean", "cls+mean")
+FAMILIES = ("timm", "hf")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """Everything needed to build a feature extractor and to know what it outputs.
+
+    Attributes:
+        name: registry name, e.g. ``"h0-mini"``.
+        family: builder family, ``"timm"`` or ``"hf"`` (transformers).
+        arch: timm architecture name (``family="timm"``) or a transformers config class
+            name such as ``"ViTConfig"`` (``family="hf"``).
+        build_kwargs: exact keyword arguments of the architecture (timm ``create_model``
+            kwargs, or the transformers config fields).
+        hub_id: Hugging Face repository holding the weights, if any.
+        weights_path: local weights file (safetensors or a torch state dict); wins over
+            ``hub_id``.
+        weights_files: candidate file names in ``hub_id``, in order of preference.
+        mean, std: per-channel normalisation applied to images scaled to [0, 1].
+        resize: the shorter image side is resized to this before the centre crop.
+        crop: side of the centre crop fed to the network.
+        interpolation: ``"bicubic"`` or ``"bilinear"``.
+        num_prefix_tokens: 1 class token + register tokens at the start of the sequence.
+        embed_dim: width of each output token.
+        default_pooling: pooling used when a benchmark has no default of its own.
+        bench_pooling: per-benchmark default pooling, e.g. ``{"hest": "cls+mean"}``.
+        licence: weights licence.
+        gated: whether the hub repository requires accepting terms.
+        trust_remote_code: the model needs code from its hub repository (only run when
+            the user passes ``--trust-remote-code``).
+        random_init: build with random weights (seeded); no weights are loaded.
+        origin: distribution that provided the spec (``"pathbench"`` for built-ins).
+        description: one line for ``pathbench models``.
+    """
+
+    name: str
+    family: str
+    arch: str
+    embed_dim: int
+    build_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    hub_id: str | None = None
+    weights_path: str | None = None
+    weights_files: tuple[str, ...] = ("model.safetensors", "pytorch_model.bin")
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    resize: int = 224
+    crop: int = 224
+    interpolation: str = "bicubic"
+    num_prefix_tokens: int = 1
+    default_pooling: str = "cls"
+    bench_pooling: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    licence: str = "unknown"
+    gated: bool = False
+    trust_remote_code: bool = False
+    random_init: bool = False
+    origin: str = "pathbench"
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if self.family not in FAMILIES:
+            raise PathbenchError(
+                f"model spec {self.name!r}: family must be one of {', '.join(FAMILIES)}, got {self.family!r}."
+            )
+        for pooling in (self.default_pooling, *self.bench_pooling.values()):
+            check_pooling(pooling)
+        if self.num_prefix_tokens < 1:
+            raise PathbenchError(
+                f"model spec {self.name!r}: num_prefix_tokens counts the class token, so it is at least 1; "
+                f"got {self.num_prefix_tokens}."
+            )
+        # Mappings inside a frozen dataclass: store plain dicts so specs compare and serialise.
+        object.__setattr__(self, "build_kwargs", dict(self.build_kwargs))
+        object.__setattr__(self, "bench_pooling", dict(self.bench_pooling))
+        object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
+        object.__setattr__(self, "std", tuple(float(v) for v in self.std))
+
+    @property
+    def num_registers(self) -> int:
+        """Register tokens (prefix tokens other than the class token)."""
+        return self.num_prefix_tokens - 1
+
+    def pooling_for(self, bench: str | None) -> str:
+        """Default pooling for ``bench`` (falls back to ``default_pooling``)."""
+        return self.bench_pooling.get(bench or "", self.default_pooling)
+
+    def output_dim(self, pooling: str) -> int:
+        """Dimension of an embedding pooled with ``pooling``."""
+        check_pooling(pooling)
+        return 2 * self.embed_dim if pooling == "cls+mean" else self.embed_dim
+
+    def preprocessing(self) -> dict[str, Any]:
+        """The preprocessing, as part of the model's identity (and the cache key)."""
+        return {
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "resize": self.resize,
+            "crop": self.crop,
+            "interpolation": self.interpolation,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable description of the spec (for ``run.json`` and caches)."""
+        data = dataclasses.asdict(self)
+        data["build_kwargs"] = {k: _jsonable(v) for k, v in self.build_kwargs.items()}
+        return data
+
+    def architecture_digest(self) -> str:
+        """sha256 of what determines the network and its input: family, arch, kwargs, preprocessing."""
+        payload = {
+            "family": self.family,
+            "arch": self.arch,
+            "build_kwargs": {k: _jsonable(v) for k, v in sorted(self.build_kwargs.items())},
+            "num_prefix_tokens": self.num_prefix_tokens,
+            "preprocessing": self.preprocessing(),
+        }
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+    def replace(self, **changes: Any) -> ModelSpec:
+        """A copy with ``changes`` applied."""
+        return dataclasses.replace(self, **changes)
+
+
+def check_pooling(pooling: str) -> str:
+    """Return ``pooling`` if it is known, else raise a clear error."""
+    if pooling not in POOLINGS:
+        raise PathbenchError(f"unknown pooling {pooling!r}: expected one of {', '.join(POOLINGS)}.")
+    return pooling
+
+
+def _jsonable(value: Any) -> Any:
+    """Layer classes and functions in build kwargs are written by their dotted name."""
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    name = getattr(value, "__qualname__", None) or type(value).__qualname__
+    return f"{getattr(value, '__module__', '')}.{name}"
