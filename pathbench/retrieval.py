@@ -1,0 +1,455 @@
+"""Exact inner-product retrieval: the one place pathbench talks to FAISS.
+
+Two backends compute the same thing, exact (brute-force) inner products on float32
+features that the caller has L2-normalised:
+
+- ``"torch"``: blocked ``queries @ database.T`` with torch (MKL on the CPU, cuBLAS on a
+  GPU, TF32 disabled), followed by a top-k or threshold count per block. On the CPU the
+  per-block bookkeeping runs in NumPy, which is several times faster than torch's
+  element-wise kernels on a small machine.
+- ``"faiss"``: ``faiss.IndexFlatIP`` (``GpuIndexFlatIP`` when faiss was built with GPU
+  support and the device is a GPU). It offers top-k search only.
+
+``backend="auto"`` picks ``"torch"`` on every device: ``benchmarks/plism_metrics.py``
+measured FAISS's flat search several times below the matrix-multiply rate on a 2-core
+CPU, and only the torch backend can serve both directions of a slide pair from one
+block (:func:`threshold_counts`).
+
+Results are exact in the sense the callers need: scores are float32 values whose
+error against the exact inner product is bounded by :func:`float32_error_bound`, so a
+caller that must decide ``score >= threshold`` exactly decides the few scores within
+that bound of the threshold in float64 (see ``pathbench.benches.plism_metrics``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from pathbench.errors import PathbenchError
+
+BACKENDS = ("torch", "faiss")
+
+# A similarity block holds about this many float32 values (64 MiB), whatever the sizes.
+_BLOCK_VALUES = 1 << 24
+
+
+def faiss_available() -> bool:
+    """Whether the ``faiss`` module can be imported."""
+    try:
+        import faiss  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def faiss_gpu_available() -> bool:
+    """Whether faiss was built with GPU support and sees at least one GPU."""
+    if not faiss_available():
+        return False
+    import faiss
+
+    return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+
+
+def resolve_device(device: str | torch.device = "cpu") -> torch.device:
+    """``"auto"`` -> the first CUDA GPU if there is one, else the CPU."""
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as err:
+        raise PathbenchError(f"unknown device {device!r}: expected 'cpu', 'cuda', 'cuda:N' or 'auto'.") from err
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise PathbenchError(f"device {device!r} was asked for but torch sees no CUDA GPU: use --device cpu.")
+    if resolved.type not in ("cpu", "cuda"):
+        raise PathbenchError(f"device {device!r} is not supported for retrieval: use 'cpu' or 'cuda'.")
+    return resolved
+
+
+def resolve_backend(backend: str = "auto", device: str | torch.device = "cpu") -> str:
+    """Turn ``"auto"`` into a concrete backend and check that the one asked for exists."""
+    if backend == "auto":
+        return "torch"
+    if backend not in BACKENDS:
+        raise PathbenchError(f"unknown retrieval backend {backend!r}: expected one of auto, {', '.join(BACKENDS)}.")
+    if backend == "faiss" and not faiss_available():
+        raise PathbenchError("retrieval backend 'faiss' needs the faiss package: pip install faiss-cpu (or faiss-gpu).")
+    return backend
+
+
+def float32_error_bound(dim: int) -> float:
+    """Bound on ``|fl32(<x, y>) - <x, y>|`` for vectors of norm at most ``1 + 1e-6``.
+
+    Any float32 summation order (blocked, pairwise, with or without FMA) satisfies
+    ``|error| <= gamma_d * sum_k |x_k y_k| <= gamma_d * |x| |y|`` with
+    ``gamma_d = d u / (1 - d u)`` and ``u = 2**-24``. The bound returned is twice that.
+    """
+    u = 2.0**-24
+    gamma = dim * u / (1.0 - dim * u)
+    return 2.0 * gamma * (1.0 + 1e-6) ** 2 + 1e-12
+
+
+@contextlib.contextmanager
+def _full_precision_matmul() -> Iterator[None]:
+    """Keep float32 matrix products in float32 (no TF32, no bfloat16 shortcuts)."""
+    previous_precision = torch.get_float32_matmul_precision()
+    previous_tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.set_float32_matmul_precision("highest")
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(previous_precision)
+        torch.backends.cuda.matmul.allow_tf32 = previous_tf32
+
+
+def _as_tensor(x: Any, device: torch.device) -> torch.Tensor:
+    if isinstance(x, torch.Tensor):
+        return x.to(device=device, dtype=torch.float32).contiguous()
+    return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(device)
+
+
+def _as_numpy(x: Any) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        return x.detach().to("cpu", torch.float32).contiguous().numpy()
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def _check_pair(queries: Any, database: Any) -> tuple[int, int, int]:
+    if len(queries.shape) != 2 or len(database.shape) != 2:
+        raise PathbenchError(
+            f"retrieval expects 2-D (n, dim) features; got queries {tuple(queries.shape)}, "
+            f"database {tuple(database.shape)}."
+        )
+    if queries.shape[1] != database.shape[1]:
+        raise PathbenchError(
+            f"queries have dimension {queries.shape[1]} but the database has {database.shape[1]}: "
+            "both must come from the same model and pooling."
+        )
+    return int(queries.shape[0]), int(database.shape[0]), int(queries.shape[1])
+
+
+def _block_rows(n_database: int, block_rows: int | None) -> int:
+    if block_rows is not None:
+        if block_rows < 1:
+            raise PathbenchError(f"block_rows must be at least 1, got {block_rows}.")
+        return int(block_rows)
+    return max(64, _BLOCK_VALUES // max(n_database, 1))
+
+
+def _exclusions(exclude_ids: Any, n_queries: int) -> np.ndarray | None:
+    if exclude_ids is None:
+        return None
+    ids = np.asarray(exclude_ids, dtype=np.int64).reshape(-1)
+    if ids.shape[0] != n_queries:
+        raise PathbenchError(f"exclude_ids has {ids.shape[0]} entries for {n_queries} queries.")
+    return ids
+
+
+def _mask_excluded(block: np.ndarray | torch.Tensor, excluded: np.ndarray | None, r0: int) -> None:
+    """Set ``block[r, excluded[r0 + r]] = -inf`` in place (rows whose id is >= 0)."""
+    if excluded is None:
+        return
+    ids = excluded[r0 : r0 + block.shape[0]]
+    rows = np.flatnonzero(ids >= 0)
+    if rows.size == 0:
+        return
+    if isinstance(block, np.ndarray):
+        block[rows, ids[rows]] = -np.inf
+    else:
+        block[torch.from_numpy(rows).to(block.device), torch.from_numpy(ids[rows]).to(block.device)] = -torch.inf
+
+
+def _similarity_blocks(
+    queries: Any, database: Any, block_rows: int | None, device: torch.device
+) -> Iterator[tuple[int, np.ndarray | torch.Tensor]]:
+    """Yield ``(r0, queries[r0:r1] @ database.T)``: NumPy on the CPU, a tensor on a GPU."""
+    n_queries, n_database, _ = _check_pair(queries, database)
+    rows = _block_rows(n_database, block_rows)
+    q = _as_tensor(queries, device)
+    db_t = _as_tensor(database, device).T
+    with _full_precision_matmul(), torch.no_grad():
+        if device.type == "cpu":
+            out = torch.empty((min(rows, n_queries), n_database), dtype=torch.float32)
+            for r0 in range(0, n_queries, rows):
+                r1 = min(r0 + rows, n_queries)
+                block = out[: r1 - r0]
+                torch.matmul(q[r0:r1], db_t, out=block)
+                yield r0, block.numpy()
+        else:
+            for r0 in range(0, n_queries, rows):
+                yield r0, q[r0 : r0 + rows] @ db_t
+
+
+def _topk_rows_numpy(block: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top ``k`` (sorted, descending) of each row of a float32 block; ``k <= block.shape[1]``."""
+    n_rows, n_cols = block.shape
+    # np.partition finds each row's k-th largest value several times faster than a
+    # top-k with indices; the (few) entries at or above it are then sorted exactly.
+    kth = np.partition(block, n_cols - k, axis=1)[:, n_cols - k]
+    rows, cols = np.nonzero(block >= kth[:, None])
+    values = block[rows, cols]
+    order = np.lexsort((cols, -values, rows))
+    rows, cols, values = rows[order], cols[order], values[order]
+    starts = np.searchsorted(rows, np.arange(n_rows))
+    take = starts[:, None] + np.arange(k)[None, :]
+    return values[take], cols[take].astype(np.int64)
+
+
+def _topk_torch(
+    queries: Any, database: Any, k: int, excluded: np.ndarray | None, block_rows: int | None, device: torch.device
+) -> tuple[np.ndarray, np.ndarray]:
+    n_queries, n_database, _ = _check_pair(queries, database)
+    scores = np.full((n_queries, k), -np.inf, dtype=np.float32)
+    ids = np.full((n_queries, k), -1, dtype=np.int64)
+    kk = min(k, n_database)
+    if kk == 0 or n_queries == 0:
+        return scores, ids
+    for r0, block in _similarity_blocks(queries, database, block_rows, device):
+        r1 = r0 + block.shape[0]
+        _mask_excluded(block, excluded, r0)
+        if isinstance(block, np.ndarray):
+            values, cols = _topk_rows_numpy(block, kk)
+        else:
+            top = torch.topk(block, kk, dim=1, sorted=True)
+            values, cols = top.values.cpu().numpy(), top.indices.cpu().numpy()
+        scores[r0:r1, :kk] = values
+        ids[r0:r1, :kk] = cols
+    ids[~np.isfinite(scores)] = -1
+    scores[ids < 0] = -np.inf
+    return scores, ids
+
+
+def _faiss_index(database: np.ndarray, device: torch.device) -> Any:
+    import faiss
+
+    dim = database.shape[1]
+    if device.type == "cuda":
+        if not faiss_gpu_available():
+            raise PathbenchError(
+                "backend 'faiss' on a GPU needs a faiss build with GPU support (pip install faiss-gpu-cu12); "
+                "use backend 'torch' or device 'cpu'."
+            )
+        config = faiss.GpuIndexFlatConfig()
+        config.device = device.index or 0
+        index = faiss.GpuIndexFlatIP(faiss.StandardGpuResources(), dim, config)
+    else:
+        index = faiss.IndexFlatIP(dim)
+    index.add(database)
+    return index
+
+
+def _topk_faiss(
+    queries: Any, database: Any, k: int, excluded: np.ndarray | None, block_rows: int | None, device: torch.device
+) -> tuple[np.ndarray, np.ndarray]:
+    q, db = _as_numpy(queries), _as_numpy(database)
+    n_queries, n_database, _ = _check_pair(q, db)
+    scores = np.full((n_queries, k), -np.inf, dtype=np.float32)
+    ids = np.full((n_queries, k), -1, dtype=np.int64)
+    extra = 0 if excluded is None else 1
+    kk = min(k + extra, n_database)
+    if kk == 0 or n_queries == 0:
+        return scores, ids
+    index = _faiss_index(db, device)
+    rows = _block_rows(n_database, block_rows)
+    for r0 in range(0, n_queries, rows):
+        r1 = min(r0 + rows, n_queries)
+        values, cols = index.search(q[r0:r1], kk)
+        cols = cols.astype(np.int64)
+        if excluded is not None:
+            drop = cols == excluded[r0:r1, None]
+            # Stable: keeps the search order among the ids that stay.
+            keep = np.argsort(drop, axis=1, kind="stable")
+            values = np.take_along_axis(values, keep, axis=1)
+            cols = np.take_along_axis(np.where(drop, -1, cols), keep, axis=1)
+        width = min(k, cols.shape[1])
+        scores[r0:r1, :width] = values[:, :width]
+        ids[r0:r1, :width] = cols[:, :width]
+    scores[ids < 0] = -np.inf
+    ids[scores == -np.inf] = -1
+    return scores, ids
+
+
+def topk(
+    queries: Any,
+    database: Any,
+    k: int,
+    *,
+    exclude_ids: Any = None,
+    backend: str = "auto",
+    device: str | torch.device = "cpu",
+    block_rows: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-``k`` inner-product search.
+
+    Args:
+        queries: ``(m, dim)`` float32 array or tensor, L2-normalised by the caller.
+        database: ``(n, dim)`` float32, L2-normalised.
+        k: neighbours per query.
+        exclude_ids: optional ``(m,)`` int; database id ``exclude_ids[i]`` is never returned
+            for query ``i`` (``-1``: nothing excluded). ``np.arange(m)`` with
+            ``queries is database`` excludes each query itself.
+        backend: ``"auto"``, ``"torch"`` or ``"faiss"``.
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"``.
+        block_rows: queries per block (default: blocks of about 64 MiB).
+
+    Returns:
+        ``(scores, ids)``: ``(m, k)`` float32 sorted in decreasing order and ``(m, k)``
+        int64 database ids. Where fewer than ``k`` candidates exist the rows are padded
+        with ``-inf`` and ``-1``. Among tied scores the order of ids is unspecified.
+    """
+    if k < 0:
+        raise PathbenchError(f"k must be non-negative, got {k}.")
+    resolved_device = resolve_device(device)
+    name = resolve_backend(backend, resolved_device)
+    excluded = _exclusions(exclude_ids, int(queries.shape[0]))
+    search = _topk_faiss if name == "faiss" else _topk_torch
+    return search(queries, database, k, excluded, block_rows, resolved_device)
+
+
+@dataclass
+class ThresholdCounts:
+    """Counts of scores above per-query thresholds, and the scores too close to call.
+
+    For query ``i`` with bounds ``lo[i] <= hi[i]``: a score ``>= hi[i]`` is surely above the
+    exact threshold, a score ``< lo[i]`` surely below, and ``lo[i] <= score < hi[i]`` is
+    ambiguous and listed for an exact decision by the caller.
+
+    Attributes:
+        row_sure: ``(m,)`` int64, per query row, the number of database entries ``>= hi``.
+        row_ambiguous: ``(p, 2)`` int64 ``(query, database)`` index pairs in the band.
+        col_sure: ``(n,)`` int64 per database entry, counted against the column bounds
+            (the reverse direction), or None when no column bounds were given.
+        col_ambiguous: ``(q, 2)`` int64 ``(query, database)`` pairs in the column band.
+    """
+
+    row_sure: np.ndarray
+    row_ambiguous: np.ndarray
+    col_sure: np.ndarray | None
+    col_ambiguous: np.ndarray | None
+
+
+def _count_ge(block: np.ndarray | torch.Tensor, bound: Any, axis: int) -> np.ndarray:
+    """Number of entries ``>= bound`` along ``axis`` (bound broadcast along the other axis)."""
+    if isinstance(block, np.ndarray):
+        shape = (-1, 1) if axis == 1 else (1, -1)
+        mask = block >= bound.reshape(shape)
+        return mask.view(np.uint8).sum(axis=axis, dtype=np.int64)
+    shape = (-1, 1) if axis == 1 else (1, -1)
+    return (block >= bound.reshape(shape)).sum(dim=axis).cpu().numpy()
+
+
+def _band_pairs(
+    block: np.ndarray | torch.Tensor, lo: Any, hi: Any, axis: int, select: np.ndarray
+) -> np.ndarray:
+    """``(row, col)`` pairs with ``lo <= value < hi``, only in the selected rows (axis 1) or columns (axis 0)."""
+    if select.size == 0:
+        return np.zeros((0, 2), dtype=np.int64)
+    if isinstance(block, np.ndarray):
+        if axis == 1:
+            sub = block[select]
+            rows, cols = np.nonzero((sub >= lo[select, None]) & (sub < hi[select, None]))
+            return np.stack([select[rows], cols], axis=1).astype(np.int64)
+        sub = block[:, select]
+        rows, cols = np.nonzero((sub >= lo[None, select]) & (sub < hi[None, select]))
+        return np.stack([rows, select[cols]], axis=1).astype(np.int64)
+    sel = torch.from_numpy(select).to(block.device)
+    if axis == 1:
+        sub = block[sel]
+        hit = (sub >= lo[sel, None]) & (sub < hi[sel, None])
+        pairs = torch.nonzero(hit).cpu().numpy()
+        pairs[:, 0] = select[pairs[:, 0]]
+    else:
+        sub = block[:, sel]
+        hit = (sub >= lo[None, sel]) & (sub < hi[None, sel])
+        pairs = torch.nonzero(hit).cpu().numpy()
+        pairs[:, 1] = select[pairs[:, 1]]
+    return pairs.astype(np.int64).reshape(-1, 2)
+
+
+def threshold_counts(
+    queries: Any,
+    database: Any,
+    lo: np.ndarray,
+    hi: np.ndarray,
+    *,
+    exclude_ids: Any = None,
+    column_lo: np.ndarray | None = None,
+    column_hi: np.ndarray | None = None,
+    cap: int | None = None,
+    device: str | torch.device = "cpu",
+    block_rows: int | None = None,
+) -> ThresholdCounts:
+    """Count, per query, the database scores above a per-query threshold (torch backend).
+
+    One pass of blocked ``queries @ database.T`` serves both directions: rows are counted
+    against ``(lo, hi)`` (query ``i`` against every database entry) and, when column bounds
+    are given, columns against ``(column_lo, column_hi)`` (database entry ``j`` as the
+    query, every query row as a candidate), so a slide pair needs a single block.
+
+    Args:
+        queries: ``(m, dim)`` float32, L2-normalised. database: ``(n, dim)`` float32.
+        lo, hi: ``(m,)`` float32 row bounds, see :class:`ThresholdCounts`.
+        exclude_ids: ``(m,)`` int; entry ``(i, exclude_ids[i])`` is skipped in both directions.
+        column_lo, column_hi: ``(n,)`` float32 column bounds, or None for rows only.
+        cap: rows (columns) already holding ``cap`` sure counts need no ambiguous pairs.
+        device: where the products run. block_rows: query rows per block.
+    """
+    resolved = resolve_device(device)
+    m, n, _ = _check_pair(queries, database)
+    excluded = _exclusions(exclude_ids, m)
+    lo = np.asarray(lo, dtype=np.float32)
+    hi = np.asarray(hi, dtype=np.float32)
+    columns = column_lo is not None and column_hi is not None
+    row_sure = np.zeros(m, dtype=np.int64)
+    col_sure = np.zeros(n, dtype=np.int64) if columns else None
+    row_pairs: list[np.ndarray] = []
+    col_pairs: list[np.ndarray] = []
+    limit = np.iinfo(np.int64).max if cap is None else cap
+
+    def on_device(x: np.ndarray) -> np.ndarray | torch.Tensor:
+        return x if resolved.type == "cpu" else torch.from_numpy(x).to(resolved)
+
+    if columns:
+        col_lo = np.asarray(column_lo, dtype=np.float32)
+        col_hi = np.asarray(column_hi, dtype=np.float32)
+        col_lo_d, col_hi_d = on_device(col_lo), on_device(col_hi)
+    for r0, block in _similarity_blocks(queries, database, block_rows, resolved):
+        r1 = r0 + block.shape[0]
+        _mask_excluded(block, excluded, r0)
+        lo_d, hi_d = on_device(lo[r0:r1]), on_device(hi[r0:r1])
+        sure = _count_ge(block, hi_d, axis=1)
+        maybe = _count_ge(block, lo_d, axis=1)
+        row_sure[r0:r1] = sure
+        open_rows = np.flatnonzero((maybe > sure) & (sure < limit))
+        if open_rows.size:
+            pairs = _band_pairs(block, lo_d, hi_d, 1, open_rows)
+            pairs[:, 0] += r0
+            row_pairs.append(pairs)
+        if columns:
+            sure_c = _count_ge(block, col_hi_d, axis=0)
+            maybe_c = _count_ge(block, col_lo_d, axis=0)
+            col_sure += sure_c
+            open_cols = np.flatnonzero((maybe_c > sure_c) & (col_sure < limit))
+            if open_cols.size:
+                pairs = _band_pairs(block, col_lo_d, col_hi_d, 0, open_cols)
+                pairs[:, 0] += r0
+                col_pairs.append(pairs)
+
+    def stack(parts: list[np.ndarray]) -> np.ndarray:
+        return np.concatenate(parts) if parts else np.zeros((0, 2), dtype=np.int64)
+
+    return ThresholdCounts(
+        row_sure=row_sure,
+        row_ambiguous=stack(row_pairs),
+        col_sure=col_sure,
+        col_ambiguous=stack(col_pairs) if columns else None,
+    )

@@ -1,0 +1,384 @@
+"""PLISM metrics against a slow, obviously-correct float64 implementation of the paper's formulas."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pathbench import retrieval
+from pathbench.benches import plism_metrics as pm
+from pathbench.errors import DataError, PathbenchError
+
+KS = (1, 3, 5, 10)
+STAININGS = "GIV GIVH GM GMH GV GVH HR HRH KR KRH LM LMH MY".split()
+SCANNERS = "AT2 GT450 P S210 S360 S60 SQ".split()
+BACKENDS = ["torch"] + (["faiss"] if retrieval.faiss_available() else [])
+
+
+# ----------------------------------------------------------------------------- the reference
+
+
+def reference_pair(f1: np.ndarray, f2: np.ndarray, ks=KS) -> dict[str, float]:
+    """Appendix 7.3 written out literally, on features L2-normalised in float32 (PROTOCOLS 1.3).
+
+    Every similarity is the exactly rounded inner product of the float32 unit vectors
+    (products of float32 numbers are exact in float64; ``math.fsum`` rounds once).
+    """
+    x = np.concatenate([f1, f2]).astype(np.float64)
+    x = x / np.sqrt(np.array([math.fsum(row * row) for row in x]))[:, None]
+    x = x.astype(np.float32).astype(np.float64)
+    n = f1.shape[0]
+    size = 2 * n
+    sim = np.empty((size, size))
+    for i in range(size):
+        for j in range(size):
+            sim[i, j] = math.fsum(x[i] * x[j])
+    out = {"cosine_similarity": math.fsum(sim[i, n + i] for i in range(n)) / n}
+    for k in ks:
+        directions = []
+        for query_offset, match_offset in ((0, n), (n, 0)):
+            hits = 0
+            for i in range(n):
+                q, m = query_offset + i, match_offset + i
+                rank = sum(1 for t in range(size) if t != q and sim[q, t] >= sim[q, m])
+                hits += rank <= k
+            directions.append(hits / n)
+        out[f"top_{k}_accuracy"] = (directions[0] + directions[1]) / 2
+    return out
+
+
+def assert_matches_reference(features: dict[str, np.ndarray], pairs, **kwargs) -> list[dict]:
+    rows = list(pm.iter_pair_metrics(features, pairs, progress=False, **kwargs))
+    assert [(r["slide_a"], r["slide_b"]) for r in rows] == [tuple(p) for p in pairs]
+    for row in rows:
+        expected = reference_pair(features[row["slide_a"]], features[row["slide_b"]])
+        assert row["cosine_similarity"] == pytest.approx(expected["cosine_similarity"], abs=1e-6)
+        for k in KS:
+            name = f"top_{k}_accuracy"
+            assert row[name] == expected[name], (row["slide_a"], row["slide_b"], name)
+    return rows
+
+
+# ----------------------------------------------------------------------------- test data
+
+
+def tie_vectors(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
+    """Rows with exactly 4 entries of +-0.5: unit norm, all dot products multiples of 0.25, exact in fp32."""
+    out = np.zeros((n, dim), dtype=np.float32)
+    for i in range(n):
+        cols = rng.choice(dim, size=4, replace=False)
+        out[i, cols] = rng.choice([-0.5, 0.5], size=4)
+    return out
+
+
+def tie_slides(rng: np.random.Generator, names: list[str], n: int, dim: int) -> dict[str, np.ndarray]:
+    """Slides that share most rows with a base slide, so ranks are small and full of exact ties."""
+    base = tie_vectors(rng, n, dim)
+    slides = {}
+    for name in names:
+        slide = base.copy()
+        changed = rng.random(n) < 0.4
+        slide[changed] = tie_vectors(rng, int(changed.sum()), dim)
+        # Exact duplicates inside the slide, and a scale that normalisation undoes exactly.
+        slide[rng.integers(0, n, 3)] = slide[rng.integers(0, n, 3)]
+        slide *= rng.choice([0.5, 1.0, 3.0], size=(n, 1)).astype(np.float32)
+        slides[name] = slide
+    return slides
+
+
+def gaussian_slides(rng: np.random.Generator, names: list[str], n: int, dim: int) -> dict[str, np.ndarray]:
+    """Noisy views of a base slide with bitwise duplicates: inside a slide, and across slides."""
+    base = rng.standard_normal((n, dim)).astype(np.float32)
+    slides = {}
+    for s, name in enumerate(names):
+        slide = base + rng.uniform(0.3, 1.2) * rng.standard_normal((n, dim)).astype(np.float32)
+        slide[1] = slide[0]  # a duplicate tile inside the slide
+        slide[5] = base[5]  # the same bitwise row in every slide: b_5 == a_5
+        slide[7] = base[8]  # ... and a copy of another tile's row: a_7 == b_8 for ...
+        slide[8] = base[8]  # ... every pair, tied with the match of query 8
+        slide[9 + s % 3] = slide[12]
+        slides[name] = slide
+    return slides
+
+
+def slide_id(staining: str, scanner: str) -> str:
+    return f"{staining}_{scanner}_to_GMH_S60"
+
+
+# ----------------------------------------------------------------------------- metrics
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_metrics_equal_the_reference_on_exact_ties_and_duplicates(backend):
+    rng = np.random.default_rng(0)
+    names = [slide_id(st, sc) for st in ("GM", "HR") for sc in ("AT2", "S60")]
+    features = tie_slides(rng, names, n=37, dim=8)
+    rows = assert_matches_reference(features, pm.all_pairs(names), backend=backend, block_rows=8)
+    # The data must really exercise ties: accuracies strictly between 0 and 1 and varying with k.
+    assert any(0 < r["top_1_accuracy"] < r["top_10_accuracy"] < 1 for r in rows)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_metrics_equal_the_reference_on_random_features_with_duplicates(backend):
+    rng = np.random.default_rng(1)
+    names = [slide_id(st, sc) for st, sc in (("GM", "AT2"), ("GM", "S60"), ("KR", "S60"))]
+    features = gaussian_slides(rng, names, n=53, dim=24)
+    rows = assert_matches_reference(features, pm.all_pairs(names), backend=backend, block_rows=16)
+    assert any(0 < r["top_1_accuracy"] < 1 for r in rows)
+
+
+def test_tile_count_not_divisible_by_any_block_size_gives_the_same_rows():
+    rng = np.random.default_rng(2)
+    names = ["GM_AT2", "GM_P", "MY_P"]
+    features = tie_slides(rng, names, n=41, dim=8)
+    pairs = pm.all_pairs(names)
+    expected = list(pm.iter_pair_metrics(features, pairs, progress=False))
+    for block_rows in (3, 7, 41):
+        assert list(pm.iter_pair_metrics(features, pairs, progress=False, block_rows=block_rows)) == expected
+    assert_matches_reference(features, pairs[:1], block_rows=6)
+
+
+def test_all_backends_give_identical_rows():
+    if len(BACKENDS) < 2:
+        pytest.skip("faiss is not installed")
+    rng = np.random.default_rng(3)
+    names = ["GM_AT2", "GM_P", "MY_AT2", "MY_P"]
+    for features in (tie_slides(rng, names, 60, 8), gaussian_slides(rng, names, 60, 32)):
+        pairs = pm.all_pairs(names)
+        rows = {b: list(pm.iter_pair_metrics(features, pairs, backend=b, progress=False)) for b in BACKENDS}
+        assert rows["torch"] == rows["faiss"]
+
+
+def test_float32_bound_cases_are_decided_in_float64():
+    """Near-ties below the float32 matmul error are decided by the exact inner products."""
+    rng = np.random.default_rng(4)
+    n, dim = 30, 64
+    a = rng.standard_normal((n, dim))
+    b = a + 0.05 * rng.standard_normal((n, dim))
+    a /= np.linalg.norm(a, axis=1, keepdims=True)
+    b /= np.linalg.norm(b, axis=1, keepdims=True)
+    # Make b_3 a competitor of b_2 for query a_2, within 1e-9 of the match's similarity.
+    b[3] = b[2] + 1e-9 * rng.standard_normal(dim)
+    features = {"GM_AT2": a.astype(np.float32), "GM_P": b.astype(np.float32)}
+    assert_matches_reference(features, [("GM_AT2", "GM_P")])
+
+
+def test_single_tile_slides_are_always_a_hit():
+    features = {"GM_AT2": np.array([[1.0, 2.0]]), "GM_P": np.array([[-3.0, 1.0]])}
+    (row,) = pm.iter_pair_metrics(features, [("GM_AT2", "GM_P")], progress=False)
+    assert row["top_1_accuracy"] == 1.0
+    assert row["cosine_similarity"] == pytest.approx(-1 / math.sqrt(50))
+
+
+def test_rows_are_yielded_in_the_order_of_the_pairs_given():
+    rng = np.random.default_rng(5)
+    names = ["GM_AT2", "GM_P", "MY_P"]
+    features = gaussian_slides(rng, names, 20, 16)
+    pairs = [("MY_P", "GM_AT2"), ("GM_P", "MY_P")]
+    rows = list(pm.iter_pair_metrics(features, pairs, progress=False, ks=(1, 2)))
+    assert [(r["slide_a"], r["slide_b"]) for r in rows] == pairs
+    assert set(rows[0]) == {"slide_a", "slide_b", "cosine_similarity", "top_1_accuracy", "top_2_accuracy"}
+
+
+def test_memmap_features_are_accepted(tmp_path):
+    rng = np.random.default_rng(6)
+    features = gaussian_slides(rng, ["GM_AT2", "GM_P"], 25, 16)
+    mapped = {}
+    for name, array in features.items():
+        path = tmp_path / f"{name}.npy"
+        np.save(path, array)
+        mapped[name] = np.load(path, mmap_mode="r")
+    pairs = [("GM_AT2", "GM_P")]
+    assert list(pm.iter_pair_metrics(mapped, pairs, progress=False)) == list(
+        pm.iter_pair_metrics(features, pairs, progress=False)
+    )
+
+
+def test_exact_dots_are_position_independent_for_equal_operands():
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((5000, 77)).astype(np.float32)
+    x[4900] = x[3]
+    everyone = np.arange(5000)
+    full = pm.exact_dots(x, x, everyone, everyone)
+    single = pm.exact_dots(x, x, np.array([3, 4900, 17, 3]), np.array([4900, 3, 17, 3]))
+    assert full[3] == full[4900] == single[0] == single[1] == single[3]
+    assert single[2] == full[17]
+
+
+def test_normalise_gives_unit_float32_rows_and_equal_rows_for_equal_inputs():
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((5000, 33)) * 10
+    x[4500] = x[10]
+    out = pm.normalise(x)
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(out.astype(np.float64), axis=1), 1.0, atol=1e-6)
+    assert np.array_equal(out[4500], out[10])
+
+
+# ----------------------------------------------------------------------------- input errors
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_features_are_a_data_error_naming_the_slide(bad):
+    rng = np.random.default_rng(9)
+    features = gaussian_slides(rng, ["GM_AT2", "GM_P", "MY_P"], 20, 8)
+    features["MY_P"][4, 2] = bad
+    rows = pm.iter_pair_metrics(features, pm.all_pairs(features), progress=False)
+    with pytest.raises(DataError, match=r"MY_P.*tile row 4"):
+        next(rows)
+
+
+def test_zero_feature_vector_is_a_data_error():
+    features = {"GM_AT2": np.ones((3, 4)), "GM_P": np.ones((3, 4))}
+    features["GM_P"][1] = 0
+    with pytest.raises(DataError, match=r"GM_P.*all-zero.*row 1"):
+        list(pm.iter_pair_metrics(features, [("GM_AT2", "GM_P")], progress=False))
+
+
+def test_mismatched_tile_counts_dims_and_missing_slides_are_data_errors():
+    features = {"GM_AT2": np.ones((3, 4)), "GM_P": np.ones((4, 4)), "MY_P": np.ones((3, 5))}
+    with pytest.raises(DataError, match=r"'GM_P' has 4 tiles but slide 'GM_AT2' has 3"):
+        list(pm.iter_pair_metrics(features, [("GM_AT2", "GM_P")], progress=False))
+    with pytest.raises(DataError, match=r"'MY_P' has 5-dimensional features"):
+        list(pm.iter_pair_metrics(features, [("GM_AT2", "MY_P")], progress=False))
+    with pytest.raises(DataError, match=r"'KR_P' is in the slide pairs but has no features"):
+        list(pm.iter_pair_metrics(features, [("GM_AT2", "KR_P")], progress=False))
+    with pytest.raises(PathbenchError, match="with itself"):
+        list(pm.iter_pair_metrics(features, [("GM_AT2", "GM_AT2")], progress=False))
+    with pytest.raises(PathbenchError, match="ks must be"):
+        list(pm.iter_pair_metrics(features, [("GM_AT2", "GM_P")], ks=(0, 1), progress=False))
+
+
+# ----------------------------------------------------------------------------- slides, groups, aggregation
+
+
+def test_parse_slide_id():
+    assert pm.parse_slide_id("GMH_S60_to_GMH_S60") == ("GMH", "S60")
+    assert pm.parse_slide_id("GIVH_GT450_to_GMH_S60") == ("GIVH", "GT450")
+    assert pm.parse_slide_id("KR_P") == ("KR", "P")
+    with pytest.raises(DataError, match="not of the form"):
+        pm.parse_slide_id("not a slide")
+
+
+def test_group_sizes_at_91_slides_match_the_protocol():
+    ids = [slide_id(st, sc) for st in STAININGS for sc in SCANNERS]
+    pairs = pm.all_pairs(ids[::-1])
+    assert len(pairs) == 4095
+    assert pairs == pm.all_pairs(ids)
+    assert all(a < b for a, b in pairs)
+    counts = pd.Series(
+        [pm.pair_group(*pm.parse_slide_id(a), *pm.parse_slide_id(b)) for a, b in pairs]
+    ).value_counts()
+    assert counts.to_dict() == {
+        "inter-scanner & inter-staining": 3276,
+        "inter-staining": 546,
+        "inter-scanner": 273,
+    }
+
+
+def test_pair_group_names():
+    assert pm.pair_group("GM", "P", "GM", "S60") == "inter-scanner"
+    assert pm.pair_group("GM", "P", "KR", "P") == "inter-staining"
+    assert pm.pair_group("GM", "P", "KR", "S60") == "inter-scanner & inter-staining"
+    assert pm.pair_group("GM", "P", "GM", "P") is None
+    with pytest.raises(PathbenchError, match="repeated"):
+        pm.all_pairs(["GM_P", "GM_P"])
+
+
+def random_pairs_table(rng: np.random.Generator) -> pd.DataFrame:
+    ids = [slide_id(st, sc) for st in ("GM", "HR", "MY") for sc in ("AT2", "P", "S60")]
+    rows = []
+    for a, b in pm.all_pairs(ids):
+        row = {"slide_a": a, "slide_b": b, "cosine_similarity": rng.uniform(0.3, 0.9)}
+        row.update({f"top_{k}_accuracy": rng.choice([0.0, 0.25, 0.5, 1.0]) for k in KS})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def test_summary_statistics_match_numpy_for_every_group_and_metric():
+    pairs = random_pairs_table(np.random.default_rng(10))
+    summary = pm.summarise(pairs)
+    assert list(summary.columns) == ["group", "metric", "mean", "std", "median", "iqr", "n_pairs"]
+    assert list(summary["group"].unique()) == list(pm.GROUPS)
+    assert list(summary["metric"].unique()) == pm.metric_names(KS)
+    assert len(summary) == 4 * 5
+    groups = [
+        pm.pair_group(*pm.parse_slide_id(a), *pm.parse_slide_id(b))
+        for a, b in zip(pairs.slide_a, pairs.slide_b, strict=True)
+    ]
+    for row in summary.itertuples():
+        selected = np.array([row.group == "all" or g == row.group for g in groups])
+        values = pairs.loc[selected, row.metric].to_numpy()
+        assert row.n_pairs == len(values) > 0
+        assert row.mean == pytest.approx(np.mean(values))
+        assert row.std == pytest.approx(np.std(values))
+        assert row.median == pytest.approx(np.median(values))
+        assert row.iqr == pytest.approx(np.percentile(values, 75) - np.percentile(values, 25))
+    n_pairs = summary.groupby("group", sort=False)["n_pairs"].first().to_dict()
+    assert n_pairs == {"all": 36, "inter-scanner": 9, "inter-staining": 9, "inter-scanner & inter-staining": 18}
+
+
+def test_summary_uses_staining_and_scanner_columns_when_present_and_reports_empty_groups():
+    pairs = pd.DataFrame(
+        {
+            "slide_a": ["x", "y"], "slide_b": ["z", "w"],
+            "staining_a": ["GM", "GM"], "scanner_a": ["P", "P"],
+            "staining_b": ["GM", "GM"], "scanner_b": ["S60", "AT2"],
+            "cosine_similarity": [0.5, 0.7], "top_10_accuracy": [0.1, 0.3],
+        }
+    )
+    summary = pm.summarise(pairs).set_index(["group", "metric"])
+    assert summary.loc[("inter-scanner", "top_10_accuracy"), "mean"] == pytest.approx(0.2)
+    assert summary.loc[("inter-staining", "cosine_similarity"), "n_pairs"] == 0
+    assert np.isnan(summary.loc[("inter-staining", "cosine_similarity"), "median"])
+    assert math.isnan(pm.leaderboard_score(pm.summarise(pairs)))
+
+
+def test_leaderboard_score_is_the_mean_of_four_medians_by_hand():
+    pairs = pd.DataFrame(
+        [
+            # slide_a, slide_b, cosine, top-10 ; group noted
+            ("GM_P", "GM_S60", 0.9, 0.8),  # inter-scanner
+            ("GM_P", "GM_AT2", 0.7, 0.6),  # inter-scanner
+            ("GM_P", "KR_P", 0.5, 0.4),  # inter-staining
+            ("GM_P", "KR_S60", 0.3, 0.2),  # both
+            ("GM_P", "KR_AT2", 0.1, 0.0),  # both
+            ("GM_S60", "KR_S60", 0.2, 0.1),  # inter-staining
+        ],
+        columns=["slide_a", "slide_b", "cosine_similarity", "top_10_accuracy"],
+    )
+    # medians: cosine(all) = median(0.9,0.7,0.5,0.3,0.1,0.2) = 0.4; top-10 inter-scanner 0.7,
+    # inter-staining median(0.4, 0.1) = 0.25, both median(0.2, 0.0) = 0.1.
+    expected = (0.4 + 0.7 + 0.25 + 0.1) / 4
+    assert pm.leaderboard_score(pm.summarise(pairs)) == pytest.approx(expected)
+
+
+def test_engine_rows_feed_summary_and_score_end_to_end():
+    rng = np.random.default_rng(11)
+    names = [slide_id(st, sc) for st in ("GM", "KR") for sc in ("P", "S60")]
+    features = gaussian_slides(rng, names, 30, 16)
+    table = pm.pair_metrics(features, pm.all_pairs(names), progress=False)
+    summary = pm.summarise(table)
+    assert summary.groupby("group", sort=False)["n_pairs"].first().tolist() == [6, 2, 2, 2]
+    assert 0 <= pm.leaderboard_score(summary) <= 1
+
+
+def test_reference_itself_on_a_hand_computed_example():
+    # S1 = {a0, a1}, S2 = {b0, b1}; a0 = (1, 0), a1 = (0, 1), b0 = (1, 0), b1 = (1, 0).
+    # a0 -> b0: candidates a1 (0), b0 (1), b1 (1): rank 2 (tie with b1 counts). a1 -> b1: a0 (0), b0 (0), b1 (0): rank 3.
+    # b0 -> a0: candidates b1 (1), a0 (1), a1 (0): rank 2. b1 -> a1: b0 (1), a0 (1), a1 (0): rank 3.
+    f1 = np.array([[1.0, 0.0], [0.0, 1.0]])
+    f2 = np.array([[1.0, 0.0], [1.0, 0.0]])
+    ref = reference_pair(f1, f2, ks=(1, 2, 3))
+    assert ref == {"cosine_similarity": 0.5, "top_1_accuracy": 0.0, "top_2_accuracy": 0.5, "top_3_accuracy": 1.0}
+    rows = list(pm.iter_pair_metrics({"GM_P": f1, "GM_S60": f2}, [("GM_P", "GM_S60")], ks=(1, 2, 3), progress=False))
+    assert {k: v for k, v in rows[0].items() if k not in ("slide_a", "slide_b")} == ref
+
+
+def test_itertools_reference_pairs_are_unordered():
+    ids = ["a_b", "c_d", "e_f"]
+    assert pm.all_pairs(ids) == list(itertools.combinations(ids, 2))
