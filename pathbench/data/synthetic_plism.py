@@ -46,6 +46,7 @@ from pathbench.features import cache_root
 
 DEMO_STAININGS: tuple[str, ...] = ("GMH", "GIV", "HR")
 DEMO_SCANNERS: tuple[str, ...] = ("S60", "AT2", "GT450")
+DEMO_N_TILES: int | None = None  # None: every shipped tile (44)
 GENERATOR_VERSION = 1
 TILE_SIZE = 224
 _ASSET = "cmu_small_region_tiles.npz"
@@ -270,13 +271,20 @@ def write_synthetic_plism(
 
 def ensure_synthetic_plism(
     cache_dir: str | os.PathLike | None = None,
-    stainings: Sequence[str] = DEMO_STAININGS,
-    scanners: Sequence[str] = DEMO_SCANNERS,
+    stainings: Sequence[str] | None = None,
+    scanners: Sequence[str] | None = None,
     n_tiles: int | None = None,
     seed: int = 0,
     progress: bool = False,
 ) -> Path:
-    """The demo dataset in the pathbench cache, generated on first use (a second or two)."""
+    """The demo dataset in the pathbench cache, generated on first use (a few seconds).
+
+    ``None`` means the demo defaults :data:`DEMO_STAININGS` x :data:`DEMO_SCANNERS` with
+    every shipped tile (:data:`DEMO_N_TILES`).
+    """
+    stainings = tuple(DEMO_STAININGS if stainings is None else stainings)
+    scanners = tuple(DEMO_SCANNERS if scanners is None else scanners)
+    n_tiles = DEMO_N_TILES if n_tiles is None else n_tiles
     key = generator_key(stainings, scanners, n_tiles, seed)
     out_dir = cache_root(cache_dir) / "plism" / f"synthetic-{key}"
     if not (out_dir / "synthetic_plism.json").is_file():
