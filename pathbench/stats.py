@@ -1,0 +1,232 @@
+"""Paired statistics for leaderboards: Wilcoxon signed-rank, Holm correction, bootstrap CIs.
+
+Everything here is plain numpy (the normal tail uses :func:`math.erfc`), written so that
+each number can be checked by hand:
+
+- :func:`wilcoxon_signed_rank` follows scipy's defaults (``zero_method="wilcox"``,
+  no continuity correction, two-sided, ``method="auto"``) and returns the same statistic
+  and p-value as ``scipy.stats.wilcoxon``: the exact null distribution when there are at
+  most 50 differences and neither ties nor zeros, an exhaustive sign-flip distribution
+  when ties or zeros are present and there are at most 13 differences (zeros included), and the normal
+  approximation with tie correction otherwise.
+- :func:`holm` is the Holm (1979) step-down adjustment.
+- :func:`bootstrap_ci` and :func:`paired_bootstrap` are percentile bootstraps with a
+  seeded generator, so a leaderboard is reproducible.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from pathbench.errors import PathbenchError
+
+EXACT_MAX_N = 50
+PERMUTATION_MAX_N = 13
+
+
+@dataclass(frozen=True)
+class WilcoxonResult:
+    """Outcome of a two-sided Wilcoxon signed-rank test on paired differences.
+
+    Attributes:
+        statistic: min(T+, T-), the smaller signed-rank sum (scipy's ``statistic``).
+        pvalue: two-sided p-value; 1.0 when no non-zero difference is left.
+        n: number of non-zero, finite differences that entered the test.
+        method: ``"exact"``, ``"permutation"``, ``"asymptotic"`` or ``"none"``.
+    """
+
+    statistic: float
+    pvalue: float
+    n: int
+    method: str
+
+
+def rankdata_average(values: np.ndarray) -> np.ndarray:
+    """Ranks 1..n of ``values`` (1-D), ties sharing the average of their ranks.
+
+    Returns:
+        (n,) float64 ranks.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    order = np.argsort(values, kind="mergesort")
+    sorted_values = values[order]
+    ranks = np.empty(len(values), dtype=np.float64)
+    start = 0
+    n = len(values)
+    while start < n:
+        stop = start + 1
+        while stop < n and sorted_values[stop] == sorted_values[start]:
+            stop += 1
+        ranks[order[start:stop]] = (start + 1 + stop) / 2.0  # mean of ranks start+1..stop
+        start = stop
+    return ranks
+
+
+def _signed_rank_null_counts(doubled_ranks: np.ndarray) -> np.ndarray:
+    """Number of sign assignments giving each value of 2*T+ (doubled to stay integral).
+
+    ``counts[s]`` is the number of subsets of the ranks whose doubled sum is ``s``; under
+    the null every one of the 2**n sign assignments is equally likely.
+    """
+    total = int(doubled_ranks.sum())
+    counts = np.zeros(total + 1, dtype=np.float64)
+    counts[0] = 1.0
+    for r in doubled_ranks.astype(np.int64):
+        counts[r:] = counts[r:] + counts[: total + 1 - r].copy()
+    return counts
+
+
+def wilcoxon_signed_rank(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray | None = None) -> WilcoxonResult:
+    """Two-sided Wilcoxon signed-rank test of ``x - y`` (or of ``x`` when ``y`` is None).
+
+    Pairs where either value is NaN are dropped; zero differences are dropped
+    (``zero_method="wilcox"``).
+
+    Args:
+        x: (n,) values of the first model on n shared units (slide pairs, genes, runs).
+        y: (n,) values of the second model on the same units, in the same order.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    d = x if y is None else x - np.asarray(y, dtype=np.float64)
+    if d.ndim != 1:
+        raise PathbenchError(f"wilcoxon_signed_rank expects 1-D paired values, got shape {d.shape}.")
+    d = d[np.isfinite(d)]
+    had_zeros = bool(np.any(d == 0))
+    n_with_zeros = len(d)  # scipy picks the method before dropping zeros
+    d = d[d != 0]
+    n = len(d)
+    if n == 0:
+        return WilcoxonResult(statistic=float("nan"), pvalue=1.0, n=0, method="none")
+    ranks = rankdata_average(np.abs(d))
+    r_plus = float(ranks[d > 0].sum())
+    r_minus = float(ranks[d < 0].sum())
+    statistic = min(r_plus, r_minus)
+    has_ties = len(np.unique(np.abs(d))) < n
+
+    if (n <= EXACT_MAX_N and not has_ties and not had_zeros) or n_with_zeros <= PERMUTATION_MAX_N:
+        method = "exact" if not (has_ties or had_zeros) else "permutation"
+        doubled = np.rint(2 * ranks).astype(np.int64)
+        counts = _signed_rank_null_counts(doubled)
+        observed = int(round(2 * r_plus))
+        total = counts.sum()
+        less_equal = counts[: observed + 1].sum() / total
+        greater_equal = counts[observed:].sum() / total
+        pvalue = min(1.0, 2.0 * min(less_equal, greater_equal))
+        return WilcoxonResult(statistic=statistic, pvalue=float(pvalue), n=n, method=method)
+
+    mean = n * (n + 1) / 4.0
+    _, tie_counts = np.unique(np.abs(d), return_counts=True)
+    variance = n * (n + 1) * (2 * n + 1) / 24.0 - float(np.sum(tie_counts**3 - tie_counts)) / 48.0
+    if variance <= 0:
+        return WilcoxonResult(statistic=statistic, pvalue=1.0, n=n, method="asymptotic")
+    z = (r_plus - mean) / math.sqrt(variance)
+    pvalue = math.erfc(abs(z) / math.sqrt(2.0))
+    return WilcoxonResult(statistic=statistic, pvalue=float(min(1.0, pvalue)), n=n, method="asymptotic")
+
+
+def holm(pvalues: Sequence[float] | np.ndarray) -> np.ndarray:
+    """Holm step-down adjusted p-values, in the input order.
+
+    With p sorted ascending, p_adj(i) = max_{j <= i} min(1, (m - j + 1) p(j)) (1-based).
+    NaN p-values are left NaN and do not count towards m.
+
+    Args:
+        pvalues: (m,) raw p-values.
+    Returns:
+        (m,) float64 adjusted p-values.
+    """
+    p = np.asarray(pvalues, dtype=np.float64)
+    adjusted = np.full(p.shape, np.nan)
+    valid = np.flatnonzero(np.isfinite(p))
+    m = len(valid)
+    if m == 0:
+        return adjusted
+    order = valid[np.argsort(p[valid], kind="mergesort")]
+    running = 0.0
+    for i, idx in enumerate(order):
+        running = max(running, min(1.0, (m - i) * p[idx]))
+        adjusted[idx] = running
+    return adjusted
+
+
+def bootstrap_ci(
+    values: np.ndarray,
+    statistic: Callable[[np.ndarray], np.ndarray],
+    *,
+    n_boot: int = 2000,
+    level: float = 0.95,
+    seed: int = 0,
+    strata: np.ndarray | None = None,
+) -> tuple[float, float]:
+    """Percentile bootstrap confidence interval of ``statistic(values)``.
+
+    Args:
+        values: (n,) or (n, k) float array; rows are resampled with replacement.
+        statistic: maps a (B, n) or (B, n, k) batch of resamples to (B,) statistics.
+        strata: optional (n,) labels; rows are resampled within each stratum, keeping
+            stratum sizes (used when a column mixes groups of fixed size).
+    Returns:
+        (low, high) at ``level``.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    index = _resample_index(len(values), n_boot, seed, strata)
+    stats = np.asarray(statistic(values[index]), dtype=np.float64)
+    return _percentile_interval(stats, level)
+
+
+def paired_bootstrap(
+    a: np.ndarray,
+    b: np.ndarray,
+    statistic: Callable[[np.ndarray], np.ndarray],
+    *,
+    n_boot: int = 2000,
+    level: float = 0.95,
+    seed: int = 0,
+    strata: np.ndarray | None = None,
+) -> tuple[float, float, float]:
+    """Bootstrap of ``statistic(a) - statistic(b)`` resampling the shared units together.
+
+    Returns:
+        (low, high, pvalue): the percentile interval of the difference and a two-sided
+        bootstrap p-value, 2 * min(P(diff <= 0), P(diff >= 0)), clipped to 1.
+    """
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape:
+        raise PathbenchError(f"paired_bootstrap needs values on the same units, got shapes {a.shape} and {b.shape}.")
+    index = _resample_index(len(a), n_boot, seed, strata)
+    diff = np.asarray(statistic(a[index]), dtype=np.float64) - np.asarray(statistic(b[index]), dtype=np.float64)
+    low, high = _percentile_interval(diff, level)
+    finite = diff[np.isfinite(diff)]
+    if len(finite) == 0:
+        return low, high, float("nan")
+    pvalue = min(1.0, 2.0 * min(np.mean(finite <= 0), np.mean(finite >= 0)))
+    return low, high, float(pvalue)
+
+
+def _resample_index(n: int, n_boot: int, seed: int, strata: np.ndarray | None) -> np.ndarray:
+    if n == 0:
+        raise PathbenchError("cannot bootstrap an empty set of values.")
+    rng = np.random.default_rng(seed)
+    if strata is None:
+        return rng.integers(0, n, size=(n_boot, n))
+    strata = np.asarray(strata)
+    index = np.empty((n_boot, n), dtype=np.int64)
+    for label in np.unique(strata):
+        members = np.flatnonzero(strata == label)
+        picks = rng.integers(0, len(members), size=(n_boot, len(members)))
+        index[:, members] = members[picks]
+    return index
+
+
+def _percentile_interval(stats: np.ndarray, level: float) -> tuple[float, float]:
+    stats = stats[np.isfinite(stats)]
+    if len(stats) == 0:
+        return float("nan"), float("nan")
+    alpha = (1.0 - level) / 2.0
+    low, high = np.quantile(stats, [alpha, 1.0 - alpha])
+    return float(low), float(high)
