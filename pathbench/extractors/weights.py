@@ -62,6 +62,14 @@ def download_weights(spec: ModelSpec) -> Path:
     for filename in spec.weights_files:
         try:
             return Path(hf_hub_download(spec.hub_id, filename))
+        except LocalEntryNotFoundError as exc:  # a subclass of EntryNotFoundError: test it first
+            offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes", "on"}
+            why = "HF_HUB_OFFLINE is set and" if offline else "the hub could not be reached and"
+            raise WeightsAccessError(
+                f"{spec.name}: {why} no cached copy of {spec.hub_id}/{filename} exists. "
+                f"Download it once with network access (`huggingface-cli download {spec.hub_id} {filename}`), "
+                "or pass --weights PATH."
+            ) from exc
         except EntryNotFoundError as exc:  # try the next candidate file name
             last_missing = exc
         except GatedRepoError as exc:
@@ -71,14 +79,6 @@ def download_weights(spec: ModelSpec) -> Path:
         except RepositoryNotFoundError as exc:
             raise WeightsAccessError(
                 f"{spec.name}: {page} was not found, or it is gated and no token was sent. {access_help(spec)}"
-            ) from exc
-        except LocalEntryNotFoundError as exc:
-            offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes", "on"}
-            why = "HF_HUB_OFFLINE is set and" if offline else "the hub could not be reached and"
-            raise WeightsAccessError(
-                f"{spec.name}: {why} no cached copy of {spec.hub_id}/{filename} exists. "
-                f"Download it once with network access (`huggingface-cli download {spec.hub_id} {filename}`), "
-                "or pass --weights PATH."
             ) from exc
         except HfHubHTTPError as exc:
             status = getattr(getattr(exc, "response", None), "status_code", None)
