@@ -342,3 +342,55 @@ def test_console_table_shows_median_and_iqr_per_group():
     row = next(line for line in lines if line.startswith("inter-staining "))
     cell = summary[(summary.group == "inter-staining") & (summary.metric == "cosine_similarity")].iloc[0]
     assert f"{cell['median']:.3f} ({cell['iqr']:.3f})" in row
+
+
+# ------------------------------------------------------------------------------------
+# Hub sources, with the network replaced by local files in the hub formats
+# ------------------------------------------------------------------------------------
+def test_data_hf_streams_only_the_selected_slides_into_the_cache(small_folder, monkeypatch, _isolated_cache):
+    import datasets
+
+    files = sorted(str(p) for p in (small_folder / "data").glob("*.parquet"))
+    asked = []
+
+    def local_stream(slide_ids=None):
+        asked.append(sorted(slide_ids))
+        stream = datasets.load_dataset("parquet", data_files=files, split="train", streaming=True)
+        yield from stream.cast_column("png", datasets.Image(decode=False))
+
+    monkeypatch.setattr(plism_data, "plism_hub_rows", local_stream)
+    slides, source = bench.open_plism("hf", ["HR"], ["S60", "AT2"], progress=False)
+    assert sorted(slides) == ["HR_AT2_to_GMH_S60", "HR_S60_to_GMH_S60"] and source["kind"] == "hub"
+    assert asked == [["HR_AT2_to_GMH_S60", "HR_S60_to_GMH_S60"]]
+    cached = sorted(p.name for p in (_isolated_cache / "plism" / "hub-tiles").glob("*.parquet"))
+    assert cached == ["HR_AT2_to_GMH_S60.parquet", "HR_S60_to_GMH_S60.parquet"]
+    reference = plism_data.open_parquet_folder(small_folder)["HR_S60_to_GMH_S60"]
+    np.testing.assert_array_equal(slides["HR_S60_to_GMH_S60"][2], reference[2])
+    # a second run finds the slides in the cache and streams nothing
+    bench.open_plism("hf", ["HR"], ["S60", "AT2"], progress=False)
+    assert len(asked) == 1
+
+
+def test_data_hf_h5_downloads_only_the_selected_slides(small_folder, tmp_path, monkeypatch):
+    import h5py
+    import huggingface_hub
+
+    source = plism_data.open_parquet_folder(small_folder)
+    h5_dir = tmp_path / "h5"
+    h5_dir.mkdir()
+    for slide_id, dataset in source.items():
+        with h5py.File(h5_dir / f"{slide_id}.tif.h5", "w") as handle:
+            for i, tile_id in enumerate(dataset.item_ids):
+                handle.create_dataset(tile_id, data=dataset[i])
+    calls = []
+
+    def fake_snapshot_download(**kwargs):
+        calls.append(kwargs)
+        return str(h5_dir)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    slides, _ = bench.open_plism("hf-h5", ["GMH"], ["S60", "AT2"], progress=False)
+    assert sorted(slides) == ["GMH_AT2_to_GMH_S60", "GMH_S60_to_GMH_S60"]
+    assert calls[0]["repo_id"] == "owkin/plism-dataset" and calls[0]["repo_type"] == "dataset"
+    assert sorted(calls[0]["allow_patterns"]) == ["*GMH_AT2_to_GMH_S60.tif.h5", "*GMH_S60_to_GMH_S60.tif.h5"]
+    np.testing.assert_array_equal(slides["GMH_S60_to_GMH_S60"][5], source["GMH_S60_to_GMH_S60"][5])

@@ -403,3 +403,16 @@ def test_synthetic_slides_differ_more_across_stainings_than_scanners():
     scanner_change = np.abs(synth.render_slide(tiles, "GMH", "AT2").astype(float) - base).mean()
     both_change = np.abs(synth.render_slide(tiles, "HR", "AT2").astype(float) - base).mean()
     assert 0 < scanner_change < both_change
+
+
+def test_only_the_shards_holding_the_asked_slides_are_streamed(tmp_path, slide_tiles):
+    import fsspec
+
+    write_hub_parquet(tmp_path, slide_tiles, shards=4)  # 6 tiles per slide, so one slide per shard
+    fs = fsspec.filesystem("file")
+    root = str(tmp_path / "data")
+    shards = plism.shards_holding_slides(["HR_S60_to_GMH_S60"], fs=fs, root=root)
+    assert len(shards) == 1
+    assert pq.read_table(shards[0], columns=["slide_id"]).column(0)[0].as_py() == "HR_S60_to_GMH_S60.tif"
+    assert len(plism.shards_holding_slides(SLIDES, fs=fs, root=root)) == 4
+    assert plism.shards_holding_slides(["KR_P_to_GMH_S60"], fs=fs, root=root) == []
