@@ -53,7 +53,7 @@ DECIMALS = {"plism": 3, "hest": 4, "eva": 3}
 
 META_COLUMNS = ("bench", "model", "model_key", "size", "pooling", "source", "table", "protocol",
                 "protocol_detail", "date", "note")
-SOURCE_LABELS = {"paper": "seed paper", "plismbench": "plismbench README"}
+SOURCE_LABELS = {"paper": "seed paper", "plismbench": "plismbench"}
 
 # PLISM pair groups and the columns built from them.
 PLISM_GROUPS = ("all", "inter_scanner", "inter_staining", "both")
@@ -356,8 +356,19 @@ class Run:
     extras: dict[str, str] = dataclasses.field(default_factory=dict)
     notes: list[str] = dataclasses.field(default_factory=list)
     tasks: tuple[str, ...] = ()
-    params: float | None = None
     tiles_per_s: float | None = None
+
+    @property
+    def params(self) -> float | None:
+        """Parameter count: the model zoo's count for the model, else ``params`` from run.json
+        (computed on first use: building the architecture on the meta device imports torch)."""
+        if not hasattr(self, "_params"):
+            self._params = _zoo_params(self.model)
+            if self._params is None:
+                value = _find_key(self.run_json, "params")
+                if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+                    self._params = float(value)
+        return self._params
 
 
 @dataclasses.dataclass(frozen=True)
@@ -416,9 +427,11 @@ def read_run(path: str | Path, bench: str) -> Run:
     """Read one run folder; raise :class:`RunReadError` saying what is missing or broken."""
     path = Path(path)
     run_json = _read_run_json(path)
-    declared = _find_key(run_json, "bench")
+    declared = _setting(run_json, "bench", "benchmark")
     if isinstance(declared, str) and declared.split(":")[0] not in ("", bench):
         raise RunReadError(f"run.json says bench {declared!r}, not {bench}.")
+    if run_json.get("complete") is False:
+        raise RunReadError("run.json marks the run as incomplete; rerun the same command to finish it.")
     reader = {"plism": _read_plism, "hest": _read_hest, "eva": _read_eva}[bench]
     try:
         run = reader(path, run_json)
@@ -426,7 +439,7 @@ def read_run(path: str | Path, bench: str) -> Run:
         raise
     except (OSError, ValueError, KeyError, TypeError, pd.errors.ParserError) as error:
         raise RunReadError(f"unreadable result files ({type(error).__name__}: {error}).") from error
-    run.params, run.tiles_per_s = _cost(run)
+    run.tiles_per_s = _tiles_per_s(run.run_json)
     return run
 
 
@@ -496,8 +509,15 @@ def _data_kind(run_json: dict[str, Any]) -> str:
 
 
 def _data_id(run_json: dict[str, Any]) -> str:
+    """What identifies the evaluated data: an explicit fingerprint, else the recorded data
+    source and tile subset (paired tests only compare runs with the same data id)."""
     value = _setting(run_json, "data_fingerprint", "dataset_fingerprint")
-    return str(value) if value else ""
+    if value:
+        return str(value)
+    parts = {key: _setting(run_json, key) for key in ("data", "tile_subset", "tasks")}
+    if isinstance(parts["data"], dict):
+        parts["data"] = {k: v for k, v in parts["data"].items() if k != "path"}
+    return json.dumps(parts, sort_keys=True, default=str)
 
 
 def _pooling_precision(run_json: dict[str, Any]) -> tuple[str, str]:
@@ -579,7 +599,7 @@ def plism_pair_groups(pairs: pd.DataFrame) -> np.ndarray:
 
 
 def _plism_n_tiles(run_json: dict[str, Any]) -> int | None:
-    for key in ("n_tiles", "tiles", "n_tiles_used", "tile_subset"):
+    for key in ("n_tiles_per_slide", "n_tiles", "tiles", "n_tiles_used", "tile_subset"):
         value = _find_key(run_json, key)
         if isinstance(value, bool):
             continue
@@ -732,20 +752,13 @@ def _eva_task(task: Any) -> str:
     return EVA_TASK_NAMES.get(name.lower(), name)
 
 
-def _cost(run: Run) -> tuple[float | None, float | None]:
-    """(parameters, tiles per second) of a run: parameters from the model zoo, else run.json."""
-    params = _zoo_params(run.model)
-    if params is None:
-        value = _find_key(run.run_json, "params")
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
-            params = float(value)
-    speed = None
+def _tiles_per_s(run_json: dict[str, Any]) -> float | None:
+    """Measured extraction throughput, where the run recorded one."""
     for key in ("tiles_per_s", "tiles_per_second", "throughput_tiles_per_s", "images_per_s"):
-        value = _find_key(run.run_json, key)
+        value = _find_key(run_json, key)
         if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
-            speed = float(value)
-            break
-    return params, speed
+            return float(value)
+    return None
 
 
 _PARAMS_CACHE: dict[str, float | None] = {}
@@ -848,14 +861,20 @@ def rank_entries(entries: Sequence[Entry], column: str) -> list[Entry]:
 
 
 def mark_best(entries: Sequence[Entry], columns: Sequence[str]) -> None:
-    """Mark the best (bold) and second-best (underlined) value of each column; ties share."""
+    """Mark the best (bold) and second-best (underlined) value of each column; ties share.
+
+    A column with fewer than two values gets no mark (a lone row is not "best" of anything).
+    """
     for column in columns:
-        values = sorted({e.values.get(column, float("nan")) for e in entries
-                         if np.isfinite(e.values.get(column, float("nan")))}, reverse=True)
+        present = [e.values.get(column, float("nan")) for e in entries]
+        present = [v for v in present if np.isfinite(v)]
+        values = sorted(set(present), reverse=True)
         for entry in entries:
             value = entry.values.get(column, float("nan"))
             entry.marks.pop(column, None)
-            if values and value == values[0]:
+            if len(present) < 2:
+                continue
+            if value == values[0]:
                 entry.marks[column] = MARK_BEST
             elif len(values) > 1 and value == values[1]:
                 entry.marks[column] = MARK_SECOND
@@ -888,7 +907,10 @@ def build_leaderboard(bench: str, results: str | Path = DEFAULT_RESULTS, referen
                 note = f"published {check.column} {check.published:.4f}; the mean of its values is {check.recomputed:.4f}"
                 entry.cell_notes.setdefault(check.column, []).append(note)
 
-    run_entries = [_run_entry(run, keys) for run in runs]
+    # A run shows its spread (IQR, std over folds or runs) where the reference shows one, or
+    # everywhere when there is no reference.
+    shown_extras = [k for k in keys if bench != "plism" or not references or any(k in e.extras for e in references)]
+    run_entries = [_run_entry(run, keys, shown_extras) for run in runs]
     by_protocol: dict[str, list[Entry]] = {}
     for entry in run_entries:
         by_protocol.setdefault(entry.protocol, []).append(entry)
@@ -921,12 +943,11 @@ def build_leaderboard(bench: str, results: str | Path = DEFAULT_RESULTS, referen
     return Leaderboard(bench, reference, columns, groups, comparisons, skipped, checks, runs, footnotes)
 
 
-def _run_entry(run: Run, keys: Sequence[str]) -> Entry:
+def _run_entry(run: Run, keys: Sequence[str], shown_extras: Sequence[str]) -> Entry:
     values = {k: run.values.get(k, float("nan")) for k in keys}
     entry = Entry(model=run.model, model_key=_normalise(run.model), origin="run", protocol=run.protocol,
                   protocol_detail=run.protocol_detail, pooling=run.pooling,
-                  values=values, extras={k: v for k, v in run.extras.items() if k in keys}, run=run,
-                  params=run.params)
+                  values=values, extras={k: v for k, v in run.extras.items() if k in shown_extras}, run=run)
     entry.provenance = {"source": "your run", "run_dir": str(run.path), "precision": run.precision,
                         "created": _find_key(run.run_json, "created") or "", "protocol": run.protocol}
     for key in ("weights_fingerprint", "command"):
@@ -955,8 +976,7 @@ def _merge_reference(run_entry: Entry, reference: Entry, keys: Sequence[str]) ->
         run_entry.notes.append(f"published with pooling {reference.pooling}, this run used {run_entry.pooling}")
     for column, notes in reference.cell_notes.items():
         run_entry.cell_notes.setdefault(column, []).extend(f"reference: {n}" for n in notes)
-    if run_entry.params is None:
-        run_entry.params = reference.params
+    run_entry.params = reference.params  # used only when the run's own count is unknown
 
 
 def _restrict_averages(bench: str, entries: list[Entry], keys: Sequence[str]) -> None:
@@ -1425,7 +1445,8 @@ def render_html(board: Leaderboard, plots: dict[str, bytes] | None = None) -> st
     for name, png in (plots or {}).items():
         data = base64.b64encode(png).decode("ascii")
         out.append(f'<figure data-plot="{esc(name)}"><img alt="{esc(name)}" src="data:image/png;base64,{data}">'
-                   f"<figcaption>{esc(PLOT_CAPTIONS.get(name, name))}</figcaption></figure>")
+                   f"<figcaption>{esc(PLOT_CAPTIONS.get(name.split('_', 1)[-1] if name.endswith('_cost') else name, name))}"
+                   "</figcaption></figure>")
     if not plots:
         out.append('<p class="legend">No plot for this benchmark and these rows.</p>')
 
@@ -1501,7 +1522,7 @@ def run(args: argparse.Namespace) -> int:
         plots = plotting.leaderboard_plots(board)
         if args.plots:
             for name, png in plots.items():
-                with _atomic_bytes(Path(args.plots) / f"{args.bench}_{name}.png") as handle:
+                with _atomic_bytes(Path(args.plots) / f"{name}.png") as handle:
                     handle.write(png)
     renderers = {"md": render_markdown, "csv": render_csv, "latex": render_latex}
     text = render_html(board, plots) if args.format == "html" else renderers[args.format](board)

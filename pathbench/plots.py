@@ -23,7 +23,14 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from pathbench.leaderboard import Entry, Leaderboard, Run, load_references  # noqa: E402
+from pathbench.leaderboard import (  # noqa: E402
+    Entry,
+    Leaderboard,
+    Run,
+    _zoo_params,
+    available_references,
+    load_references,
+)
 
 RUN_COLOR = "#d64545"
 REFERENCE_COLOR = "#486581"
@@ -41,7 +48,8 @@ def _scatter(ax: plt.Axes, points: Sequence[tuple[str, float, float]], color: st
     points = [p for p in points if np.isfinite(p[1]) and np.isfinite(p[2])]
     if not points:
         return
-    ax.scatter([p[1] for p in points], [p[2] for p in points], c=color, marker=marker, s=46, label=label,
+    ax.scatter([p[1] for p in points], [p[2] for p in points], c=color, marker=marker,
+               s=150 if marker == "*" else 46, label=label,
                edgecolors="white", linewidths=0.6, zorder=3)
     for name, x, y in points:
         ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7.5, color=color)
@@ -68,6 +76,7 @@ def plism_figure1(runs: Sequence[Run], references: Sequence[Entry] | None = None
     ax.set_xlabel("median cosine similarity (all pairs)")
     ax.set_ylabel("median top-5 accuracy (all pairs)")
     ax.set_title("PLISM robustness: retrieval vs cosine similarity")
+    ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
     protocols = sorted({r.protocol for r in runs})
@@ -94,6 +103,8 @@ def plism_figure4(runs: Sequence[Run], references: Sequence[Entry] | None = None
                      for r in runs], RUN_COLOR, "*", "your runs")
     right.set_title("median top-10")
     for ax in (left, right):
+        ax.set_xlim(left=0)
+        ax.set_ylim(bottom=0)
         ax.set_xlabel("robustness to scanners (inter-scanner pairs)")
         ax.set_ylabel("robustness to stainings (inter-staining pairs)")
         ax.grid(alpha=0.3)
@@ -142,7 +153,7 @@ def cost_vs_performance(entries: Sequence[Entry], column: str, column_label: str
     panels = 2 if with_speed else 1
     figure, axes = plt.subplots(1, panels, figsize=(6.4 * panels, 4.8), squeeze=False)
     ax = axes[0, 0]
-    points = [(e, e.params, e.values.get(column, np.nan)) for e in entries if e.params]
+    points = [(e, entry_params(e), e.values.get(column, np.nan)) for e in entries if entry_params(e)]
     _scatter(ax, [(e.model, p, v) for e, p, v in points if not e.is_run], REFERENCE_COLOR, "o", "published")
     _scatter(ax, [(e.model, p, v) for e, p, v in points if e.is_run], RUN_COLOR, "*", "your runs")
     if points:
@@ -161,8 +172,34 @@ def cost_vs_performance(entries: Sequence[Entry], column: str, column_label: str
         ax.set_ylabel(column_label)
         ax.set_title("score vs speed")
         ax.grid(alpha=0.3, which="both")
-    figure.suptitle("Cost vs performance (sizes of published rows as published)")
+    figure.suptitle("Cost vs performance (published rows: sizes as published in the seed paper, else the model zoo's count)",
+                    fontsize=10)
     return _png(figure)
+
+
+def entry_params(entry: Entry) -> float | None:
+    """Parameters of a row: your run's (zoo count, else run.json); for a published row its
+    published size, else the size another reference table publishes for the same model,
+    else the model zoo's count."""
+    if entry.is_run and entry.run.params:
+        return entry.run.params
+    if entry.params:
+        return entry.params
+    return published_sizes().get(entry.model_key) or _zoo_params(entry.model_key)
+
+
+_SIZES: dict[str, float] = {}
+
+
+def published_sizes() -> dict[str, float]:
+    """model_key -> parameters, from every reference table that publishes a size."""
+    if not _SIZES:
+        for bench in ("hest", "eva", "plism"):
+            for source in available_references(bench):
+                for entry in load_references(bench, source):
+                    if entry.params:
+                        _SIZES.setdefault(entry.model_key, entry.params)
+    return _SIZES
 
 
 def leaderboard_plots(board: Leaderboard) -> dict[str, bytes]:
@@ -175,6 +212,6 @@ def leaderboard_plots(board: Leaderboard) -> dict[str, bytes]:
         tasks = [c.key for c in board.columns if c.key != "average"]
         plots["hest_tasks"] = hest_task_bars(board.entries, tasks)
     primary = board.primary
-    if any(e.params for e in board.entries):
-        plots["cost"] = cost_vs_performance(board.entries, primary.key, primary.label)
+    if any(entry_params(e) for e in board.entries):
+        plots[f"{board.bench}_cost"] = cost_vs_performance(board.entries, primary.key, primary.label)
     return plots
