@@ -1,0 +1,365 @@
+"""HEST-Benchmark: predict the expression of 50 genes per spot from tile embeddings.
+
+``pathbench evaluate --model M --bench hest`` reproduces HEST-Benchmark's default protocol
+(see ``docs/hest.md`` and :mod:`pathbench.benches.hest_protocol`):
+
+- targets: the h5ad aligned to the patch barcodes, the task's 50 genes, ``log1p``;
+- per fold: StandardScaler + PCA(256) fit on the train fold, lsqr ridge with
+  ``alpha = 100 / (256 * 50)`` and no intercept, Pearson r per gene over the pooled test
+  spots, mean over the genes;
+- per task: mean and population std over folds; the benchmark average is the plain mean
+  over the tasks run.
+
+Embeddings come from the shared feature cache (one extraction per sample, whatever the
+number of folds or heads) or from HEST's own embedding files (``--embeddings-dir``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from threadpoolctl import threadpool_limits
+
+from pathbench.benches.hest_protocol import (
+    DEFAULT_HEAD,
+    DEFAULT_N_COMPONENTS,
+    DEFAULT_SEED,
+    HEADS,
+    aggregate_folds,
+    log1p_counts,
+    make_head,
+    pearson_per_gene,
+)
+from pathbench.data.hest import (
+    HEST_TASKS,
+    HestSample,
+    HestTask,
+    download_hest_bench,
+    find_hest_embeddings,
+    load_task,
+    read_expression,
+    read_hest_embeddings,
+)
+from pathbench.errors import DataError, PathbenchError
+
+FOLD_COLUMNS = ["task", "fold", "pearson_mean", "n_genes", "n_train_spots", "n_test_spots",
+                "n_excluded_genes", "n_components", "alpha"]
+GENE_COLUMNS = ["task", "fold", "gene", "pearson", "excluded"]
+SUMMARY_COLUMNS = ["task", "pearson_mean", "pearson_std", "n_folds"]
+_SINGLE_THREAD_BELOW = 2_000_000   # elements of the training matrix
+# How the seed paper's Table 1 names HEST's task folders.
+PAPER_TASK_NAMES = {"CCRCC": "ccRCC", "LUNG": "LUAD", "LYMPH_IDC": "LYMPH_IDC"}
+
+# (barcodes, embeddings (n_spots, dim) float32) for one sample of one task.
+EmbeddingSource = Callable[[HestTask, HestSample], tuple[Sequence[str], np.ndarray]]
+
+
+class HestWarning(UserWarning):
+    """A gene excluded from a fold's mean, or another result worth a second look."""
+
+
+@dataclass
+class HestResult:
+    """Tidy results of a HEST run (columns documented in ``docs/hest.md``)."""
+
+    folds: pd.DataFrame
+    genes: pd.DataFrame
+    summary: pd.DataFrame
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def average(self) -> float:
+        """Plain mean of the task scores (the leaderboard's "Average")."""
+        return float(self.summary.loc[self.summary["task"] == "average", "pearson_mean"].iloc[0])
+
+
+# ---------------------------------------------------------------------------------------
+# Python API
+
+
+def _concat(arrays: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate(arrays, axis=0) if len(arrays) > 1 else arrays[0]
+
+
+def evaluate_task(
+    task: HestTask,
+    embed: EmbeddingSource,
+    head: str = DEFAULT_HEAD,
+    seed: int = DEFAULT_SEED,
+) -> tuple[list[dict], list[dict], list[str]]:
+    """Run every fold of ``task``; return (fold rows, gene rows, notes).
+
+    Each sample is embedded (``embed``) and its expression read once, however many folds
+    use it. Samples are pooled in the order of the split csv, spots in the order of the
+    embedding source, and targets are matched to spots by barcode.
+    """
+    embeddings: dict[str, np.ndarray] = {}
+    targets: dict[str, np.ndarray] = {}
+    for sample_id in task.sample_ids:
+        sample = task.samples[sample_id]
+        barcodes, array = embed(task, sample)
+        array = np.asarray(array, dtype=np.float32)
+        if array.ndim != 2 or array.shape[0] != len(barcodes):
+            raise DataError(f"embeddings of sample {sample_id} ({task.name}) have shape {array.shape} for "
+                            f"{len(barcodes)} barcodes; expected (n_barcodes, dim).")
+        if len(set(barcodes)) != len(barcodes):
+            raise DataError(f"sample {sample_id} ({task.name}) has duplicate barcodes in its embeddings.")
+        embeddings[sample_id] = array
+        targets[sample_id] = log1p_counts(read_expression(sample.expr_path, task.genes, list(barcodes), sample_id))
+
+    fold_rows: list[dict] = []
+    gene_rows: list[dict] = []
+    notes: list[str] = []
+    capped: list[str] = []
+    for fold in task.folds:
+        x_train = _concat([embeddings[s] for s in fold.train])
+        y_train = _concat([targets[s] for s in fold.train])
+        groups = np.concatenate([np.full(len(embeddings[s]), i) for i, s in enumerate(fold.train)])
+        x_test = _concat([embeddings[s] for s in fold.test])
+        y_test = _concat([targets[s] for s in fold.test])
+        if x_train.shape[1] != x_test.shape[1]:
+            raise DataError(f"{task.name} fold {fold.index}: train embeddings have dimension {x_train.shape[1]}, "
+                            f"test embeddings {x_test.shape[1]}.")
+        # Multi-threaded BLAS only pays on large folds; on small ones its spinning threads
+        # are many times slower than one thread (and the numbers agree to float precision).
+        threads = 1 if x_train.size < _SINGLE_THREAD_BELOW else None
+        with threadpool_limits(limits=threads, user_api="blas"):
+            estimator = make_head(head, seed=seed).fit(x_train, y_train, groups=groups)
+            predictions = estimator.predict(x_test)
+        correlations = pearson_per_gene(y_test, predictions)
+        if correlations.n_valid == 0:
+            raise DataError(f"{task.name} fold {fold.index}: no gene has a Pearson r (every gene is constant in "
+                            f"the test spots or predicted constant); the fold cannot be scored.")
+        n_components = estimator.n_components_
+        if n_components is not None and n_components < estimator.n_components:
+            capped.append(f"{fold.index} ({n_components})")
+        for gene, r, reason in zip(task.genes, correlations.r, correlations.excluded, strict=True):
+            gene_rows.append({"task": task.name, "fold": fold.index, "gene": gene,
+                              "pearson": float(r), "excluded": reason})
+            if reason:
+                message = (f"{task.name} fold {fold.index}: gene {gene} excluded from the fold mean ({reason}; "
+                           "Pearson r undefined).")
+                notes.append(message)
+                warnings.warn(message, HestWarning, stacklevel=2)
+        fold_rows.append({
+            "task": task.name, "fold": fold.index, "pearson_mean": correlations.mean,
+            "n_genes": correlations.n_valid, "n_train_spots": int(x_train.shape[0]),
+            "n_test_spots": int(x_test.shape[0]), "n_excluded_genes": len(task.genes) - correlations.n_valid,
+            "n_components": n_components, "alpha": float(estimator.alpha_),
+        })
+    if capped:
+        notes.append(f"{task.name}: PCA kept fewer than {DEFAULT_N_COMPONENTS} components, min(training spots, "
+                     f"features), in fold(s) {', '.join(capped)}; see n_components in folds.csv.")
+    return fold_rows, gene_rows, notes
+
+
+def summarize(folds: pd.DataFrame) -> pd.DataFrame:
+    """Per task: mean and population std of the fold scores, number of folds; then an
+    ``average`` row (plain mean over tasks; its ``pearson_std`` is the population std of the
+    task means and ``n_folds`` the total number of folds)."""
+    rows = []
+    for task, group in folds.groupby("task", sort=False):
+        mean, std = aggregate_folds(group["pearson_mean"].to_numpy())
+        rows.append({"task": task, "pearson_mean": mean, "pearson_std": std, "n_folds": len(group)})
+    task_means = np.array([r["pearson_mean"] for r in rows])
+    rows.append({"task": "average", "pearson_mean": float(task_means.mean()),
+                 "pearson_std": float(task_means.std(ddof=0)), "n_folds": int(sum(r["n_folds"] for r in rows))})
+    return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
+
+
+def evaluate_hest(
+    tasks: Sequence[HestTask],
+    embed: EmbeddingSource,
+    head: str = DEFAULT_HEAD,
+    seed: int = DEFAULT_SEED,
+) -> HestResult:
+    """Evaluate embeddings on HEST tasks with HEST's protocol; see :func:`evaluate_task`."""
+    if not tasks:
+        raise PathbenchError("no HEST task to evaluate.")
+    if head not in HEADS:
+        raise PathbenchError(f"unknown HEST head {head!r}: expected one of {', '.join(HEADS)}.")
+    fold_rows: list[dict] = []
+    gene_rows: list[dict] = []
+    notes: list[str] = []
+    for task in tasks:
+        f, g, n = evaluate_task(task, embed, head=head, seed=seed)
+        fold_rows += f
+        gene_rows += g
+        notes += n
+    folds = pd.DataFrame(fold_rows, columns=FOLD_COLUMNS)
+    return HestResult(folds=folds, genes=pd.DataFrame(gene_rows, columns=GENE_COLUMNS),
+                      summary=summarize(folds), notes=notes)
+
+
+def extractor_embeddings(extractor, pooling: str, **extraction_options) -> EmbeddingSource:
+    """An embedding source that runs ``extractor`` on the patch files through the feature cache.
+
+    ``extraction_options`` go to :func:`pathbench.features.extract_features` (cache_dir,
+    batch_size, num_workers, shard_size, progress).
+    """
+    from pathbench.data.hest import HestPatchDataset
+    from pathbench.features import extract_features
+
+    def embed(task: HestTask, sample: HestSample) -> tuple[Sequence[str], np.ndarray]:
+        dataset = HestPatchDataset(sample.patches_path, sample_id=sample.sample_id)
+        try:
+            features = extract_features(extractor, dataset, pooling=pooling,
+                                        desc=f"{task.name}/{sample.sample_id}", **extraction_options)
+            return features.item_ids, np.asarray(features.array, dtype=np.float32)
+        finally:
+            dataset.close()
+
+    return embed
+
+
+def hest_cache_embeddings(embeddings_dir: str | os.PathLike, model_name: str | None = None) -> EmbeddingSource:
+    """An embedding source reading HEST's embedding files (``<dir>/<TASK>[/<model>]/<sample_id>.h5``)."""
+
+    def embed(task: HestTask, sample: HestSample) -> tuple[Sequence[str], np.ndarray]:
+        return read_hest_embeddings(find_hest_embeddings(embeddings_dir, task.name, sample.sample_id, model_name))
+
+    return embed
+
+
+# ---------------------------------------------------------------------------------------
+# Console table
+
+
+def format_table(summary: pd.DataFrame, model: str) -> str:
+    """The summary as one row shaped like the seed paper's Table 1 (tasks, then Average)."""
+    tasks = [t for t in summary["task"] if t != "average"]
+    by_task = summary.set_index("task")
+    headers = ["Model"] + [PAPER_TASK_NAMES.get(t, t) for t in tasks] + ["Average"]
+    cells = [model] + [f"{by_task.loc[t, 'pearson_mean']:.4f} ± {by_task.loc[t, 'pearson_std']:.4f}" for t in tasks]
+    cells.append(f"{by_task.loc['average', 'pearson_mean']:.4f}")
+    widths = [max(len(h), len(c)) for h, c in zip(headers, cells, strict=True)]
+    line = "| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)) + " |"
+    rule = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    row = "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"
+    return "\n".join([line, rule, row])
+
+
+# ---------------------------------------------------------------------------------------
+# Command line
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """HEST's own flags (the common ones come from the CLI)."""
+    group = parser.add_argument_group("hest")
+    group.add_argument("--tasks", default=None,
+                       help="comma-separated HEST tasks (default: the nine leaderboard tasks "
+                            f"{','.join(HEST_TASKS)}; with --data synthetic, every synthetic task)")
+    group.add_argument("--head", default=DEFAULT_HEAD, choices=HEADS,
+                       help="regression head: ridge-pca (HEST default: StandardScaler + PCA(256) + ridge), "
+                            "ridge (raw embeddings), ridge-cv (alpha by inner CV on the train fold)")
+    group.add_argument("--embeddings-dir", default=None,
+                       help="evaluate HEST's own embedding files <DIR>/<TASK>[/<model>]/<sample_id>.h5 "
+                            "instead of running a model (name the run with --model-name)")
+    group.add_argument("--seed", type=int, default=DEFAULT_SEED,
+                       help="random_state of PCA and ridge (HEST: 1)")
+
+
+def parse_tasks(value: str | None) -> list[str] | None:
+    """``"IDC, prad"`` -> ``["IDC", "PRAD"]``; None or empty -> None."""
+    if not value:
+        return None
+    tasks = [t.strip().upper() for t in value.split(",") if t.strip()]
+    return tasks or None
+
+
+def synthetic_root(cache_dir: str | os.PathLike | None) -> Path:
+    """Where ``--data synthetic`` writes its dataset: ``<pathbench cache>/datasets/synthetic-hest``."""
+    from pathbench.data.synthetic_hest import GENERATOR_VERSION
+    from pathbench.features import cache_root
+
+    return cache_root(cache_dir) / "datasets" / f"synthetic-hest-v{GENERATOR_VERSION}"
+
+
+def resolve_data(data: str | None, tasks: list[str] | None, cache_dir: str | os.PathLike | None) -> tuple[Path, list[str]]:
+    """(root folder, task names) for ``--data hf|synthetic|PATH`` and ``--tasks``."""
+    data = data or "hf"
+    if data == "synthetic":
+        from pathbench.data.synthetic_hest import DEFAULT_TASKS, make_synthetic_hest
+
+        root = make_synthetic_hest(synthetic_root(cache_dir))
+        return root, tasks or [t.name for t in DEFAULT_TASKS]
+    if data == "hf":
+        tasks = tasks or list(HEST_TASKS)
+        return download_hest_bench(tasks), tasks
+    root = Path(data).expanduser()
+    if not root.is_dir():
+        raise DataError(f"--data {data}: no such folder; expected hf, synthetic, or a folder holding "
+                        "hest-bench task folders (<TASK>/splits, patches, adata, var_50genes.json).")
+    if tasks:
+        return root, tasks
+    present = [t for t in HEST_TASKS if (root / t / "splits").is_dir()]
+    if not present:
+        present = sorted(p.name for p in root.iterdir() if (p / "splits").is_dir())
+    if not present:
+        raise DataError(f"{root} holds no HEST task folder (<TASK>/splits/...); pass the hest-bench root.")
+    return root, present
+
+
+def run(args: argparse.Namespace, bench_options: str | None) -> int:
+    """``pathbench evaluate --bench hest``: evaluate, write the results, print the table."""
+    from pathbench import cli_common
+    from pathbench._io import write_csv, write_json
+    from pathbench.provenance import provenance
+
+    started = time.time()
+    tasks = parse_tasks(getattr(args, "tasks", None)) or parse_tasks(bench_options)
+    seed = getattr(args, "seed", DEFAULT_SEED)
+    head = getattr(args, "head", DEFAULT_HEAD)
+    root, tasks = resolve_data(getattr(args, "data", None), tasks, getattr(args, "cache_dir", None))
+    loaded = [load_task(root, name) for name in tasks]
+
+    embeddings_dir = getattr(args, "embeddings_dir", None)
+    if embeddings_dir:
+        model_name = getattr(args, "model_name", None)
+        if not model_name:
+            raise PathbenchError("--embeddings-dir needs --model-name NAME to label the results "
+                                 "(and to find <DIR>/<TASK>/<NAME>/<sample_id>.h5 in HEST's layout).")
+        embed = hest_cache_embeddings(embeddings_dir, model_name)
+        extractor, pooling = None, None
+    else:
+        pooling = cli_common.resolve_pooling(args, "hest")
+        extractor = cli_common.extractor_from_args(args, bench="hest")
+        model_name = cli_common.model_label(args)
+        embed = extractor_embeddings(extractor, pooling, **cli_common.extraction_options(args))
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", HestWarning)   # printed below, once, with the results
+        result = evaluate_hest(loaded, embed, head=head, seed=seed)
+
+    out = cli_common.results_dir(args, "hest", model_name)
+    write_csv(out / "folds.csv", result.folds)
+    write_csv(out / "genes.csv", result.genes)
+    write_csv(out / "summary.csv", result.summary)
+    settings = {
+        "bench": "hest", "protocol": "HEST-Benchmark default (StandardScaler + PCA + lsqr ridge, Pearson per gene)",
+        "model_name": model_name, "head": head, "seed": seed, "data": str(root), "tasks": tasks,
+        "embeddings_dir": str(embeddings_dir) if embeddings_dir else None,
+        "n_components": 256 if head != "ridge" else None,
+        "alpha": "100 / (n_features * n_genes)" if head != "ridge-cv" else "inner cross-validation",
+        "notes": result.notes, "average_pearson": result.average,
+        "elapsed_s": round(time.time() - started, 2),
+    }
+    write_json(out / "run.json", provenance(extractor=extractor, pooling=pooling, **settings))
+
+    print(f"HEST ({head}, seed {seed}, pooling {pooling or 'from embeddings'}): Pearson r, mean ± std over folds")
+    print(format_table(result.summary, model_name))
+    for note in result.notes:
+        print(f"note: {note}")
+    print(f"results: {out}")
+    if math.isnan(result.average):
+        return 1
+    return 0
