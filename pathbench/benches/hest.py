@@ -290,8 +290,12 @@ def resolve_data(data: str | None, tasks: list[str] | None, cache_dir: str | os.
     if data == "synthetic":
         from pathbench.data.synthetic_hest import DEFAULT_TASKS, make_synthetic_hest
 
-        root = make_synthetic_hest(synthetic_root(cache_dir))
-        return root, tasks or [t.name for t in DEFAULT_TASKS]
+        known = {t.name: t for t in DEFAULT_TASKS}
+        unknown = [t for t in tasks or [] if t not in known]
+        if unknown:
+            raise DataError(f"synthetic HEST has no task {', '.join(unknown)}; its tasks are {', '.join(known)}.")
+        chosen = tuple(known[t] for t in tasks) if tasks else DEFAULT_TASKS
+        return make_synthetic_hest(synthetic_root(cache_dir), tasks=chosen), [t.name for t in chosen]
     if data == "hf":
         tasks = tasks or list(HEST_TASKS)
         return download_hest_bench(tasks), tasks

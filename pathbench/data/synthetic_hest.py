@@ -21,6 +21,7 @@ import json
 import os
 import shutil
 import tempfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -175,7 +176,7 @@ def make_synthetic_hest(
         raise ValueError(f"n_genes_total must be at least {N_BENCH_GENES}; got {n_genes_total}.")
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    for index, task in enumerate(tasks):
+    for task in tasks:
         params = {"generator_version": GENERATOR_VERSION, "seed": seed, "task": task.name,
                   "n_samples": task.n_samples, "test_folds": [list(f) for f in task.test_folds],
                   "spots_per_sample": spots_per_sample, "n_genes_total": n_genes_total}
@@ -183,8 +184,10 @@ def make_synthetic_hest(
         marker = task_dir / "synthetic.json"
         if marker.is_file() and read_json(marker) == params:
             continue
-        rng = np.random.default_rng([seed, index])
+        # seeded by the task's name, so a task is the same whichever other tasks are written
+        rng = np.random.default_rng([seed, zlib.crc32(task.name.encode())])
         staging = Path(tempfile.mkdtemp(prefix=f".{task.name}.", dir=root))
+        staging.chmod(0o755)
         try:
             _write_task(staging, task, rng, spots_per_sample, n_genes_total)
             write_json(staging / "synthetic.json", params)
