@@ -127,7 +127,7 @@ def test_an_interrupted_run_resumes_pair_by_pair(tmp_path, monkeypatch):
     out = tmp_path / "run"
     monkeypatch.setattr(plism_metrics, "iter_pair_metrics", interrupted_after_four)
     with pytest.raises(KeyboardInterrupt):
-        bench.evaluate_plism(features, SLIDES, out, settings=settings, progress=False, checkpoint_pairs=1)
+        bench.evaluate_plism(features, SLIDES, out, settings=settings, progress=False, checkpoint_pairs=100)
     assert not (out / "run.json").exists() and not (out / "pairs.csv").exists()
     partial = list(out.glob(".pairs-partial-*.csv"))
     assert len(partial) == 1 and len(pd.read_csv(partial[0])) == 4
@@ -394,3 +394,22 @@ def test_data_hf_h5_downloads_only_the_selected_slides(small_folder, tmp_path, m
     assert calls[0]["repo_id"] == "owkin/plism-dataset" and calls[0]["repo_type"] == "dataset"
     assert sorted(calls[0]["allow_patterns"]) == ["*GMH_AT2_to_GMH_S60.tif.h5", "*GMH_S60_to_GMH_S60.tif.h5"]
     np.testing.assert_array_equal(slides["GMH_S60_to_GMH_S60"][5], source["GMH_S60_to_GMH_S60"][5])
+
+
+def test_progress_is_checkpointed_while_pairs_are_computed(tmp_path, monkeypatch):
+    real = plism_metrics.iter_pair_metrics
+    out = tmp_path / "run"
+    seen = []
+
+    def watching(features, pairs, **kwargs):
+        for row in real(features, pairs, **kwargs):
+            partial = list(out.glob(".pairs-partial-*.csv"))
+            seen.append(len(pd.read_csv(partial[0])) if partial else 0)
+            yield row
+
+    monkeypatch.setattr(plism_metrics, "iter_pair_metrics", watching)
+    bench.evaluate_plism(
+        random_features(), SLIDES, out, settings={"x": 2}, progress=False, checkpoint_pairs=2
+    )
+    assert seen == [0, 0, 2, 2, 4, 4]  # as a kill -9 would find the folder before each pair
+    assert not list(out.glob(".pairs-partial-*.csv"))

@@ -286,8 +286,8 @@ def evaluate_plism(
         run_record: provenance merged into ``run.json``.
 
     Progress is kept in ``.pairs-partial-<key>.csv``, rewritten atomically every
-    ``checkpoint_pairs`` pairs or ``checkpoint_seconds``; only rows of the same key are
-    ever reused. ``run.json`` is written last and marks the run complete.
+    ``checkpoint_pairs`` pairs or ``checkpoint_seconds`` and when the run is stopped by an
+    exception (Ctrl-C included); only rows of the same key are ever reused. ``run.json`` is written last and marks the run complete.
     """
     from pathbench.benches import plism_metrics
 
@@ -303,12 +303,19 @@ def evaluate_plism(
         stream = plism_metrics.iter_pair_metrics(
             features, remaining, ks=KS, backend=backend, device=device, progress=progress
         )
-        for metrics in stream:
-            rows.append(_pair_row(metrics))
-            unsaved += 1
-            if unsaved >= checkpoint_pairs or time.monotonic() - last_write >= checkpoint_seconds:
+        try:
+            for metrics in stream:
+                rows.append(_pair_row(metrics))
+                unsaved += 1
+                if unsaved >= checkpoint_pairs or time.monotonic() - last_write >= checkpoint_seconds:
+                    write_csv(partial, _pairs_frame(rows, pairs))
+                    last_write, unsaved = time.monotonic(), 0
+        except BaseException:
+            # every finished row is exact whatever stopped the run (Ctrl-C, a bad slide
+            # further on): keep them for the next run of the same configuration
+            if unsaved:
                 write_csv(partial, _pairs_frame(rows, pairs))
-                last_write, unsaved = time.monotonic(), 0
+            raise
     table = _pairs_frame(rows, pairs)
     summary = plism_metrics.summarise(table)
     score = plism_metrics.leaderboard_score(summary)
