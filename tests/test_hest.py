@@ -387,7 +387,7 @@ def test_hub_download_asks_only_for_the_requested_tasks(monkeypatch, tmp_path):
     def fake_snapshot_download(**kwargs):
         seen.update(kwargs)
         for task in ("IDC", "LYMPH_IDC"):
-            (tmp_path / task / "splits").mkdir(parents=True)
+            (tmp_path / task / "splits").mkdir(parents=True, exist_ok=True)
         return str(tmp_path)
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
@@ -395,6 +395,8 @@ def test_hub_download_asks_only_for_the_requested_tasks(monkeypatch, tmp_path):
     assert seen["repo_id"] == "MahmoodLab/hest-bench" and seen["repo_type"] == "dataset"
     assert seen["allow_patterns"] == ["IDC/*", "LYMPH_IDC/*"]
     assert len(HEST_TASKS) == 9
+    download_hest_bench(["IDC"], include_patches=False)     # precomputed embeddings: no patch files
+    assert seen["allow_patterns"] == ["IDC/splits/*", "IDC/adata/*", "IDC/var_50genes.json"]
 
 
 def test_gated_or_offline_hub_errors_say_what_to_do(monkeypatch):

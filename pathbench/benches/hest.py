@@ -284,8 +284,12 @@ def synthetic_root(cache_dir: str | os.PathLike | None) -> Path:
     return cache_root(cache_dir) / "datasets" / f"synthetic-hest-v{GENERATOR_VERSION}"
 
 
-def resolve_data(data: str | None, tasks: list[str] | None, cache_dir: str | os.PathLike | None) -> tuple[Path, list[str]]:
-    """(root folder, task names) for ``--data hf|synthetic|PATH`` and ``--tasks``."""
+def resolve_data(data: str | None, tasks: list[str] | None, cache_dir: str | os.PathLike | None,
+                 need_patches: bool = True) -> tuple[Path, list[str]]:
+    """(root folder, task names) for ``--data hf|synthetic|PATH`` and ``--tasks``.
+
+    ``need_patches=False`` (precomputed embeddings) skips the patch files in a download.
+    """
     data = data or "hf"
     if data == "synthetic":
         from pathbench.data.synthetic_hest import DEFAULT_TASKS, make_synthetic_hest
@@ -298,7 +302,7 @@ def resolve_data(data: str | None, tasks: list[str] | None, cache_dir: str | os.
         return make_synthetic_hest(synthetic_root(cache_dir), tasks=chosen), [t.name for t in chosen]
     if data == "hf":
         tasks = tasks or list(HEST_TASKS)
-        return download_hest_bench(tasks), tasks
+        return download_hest_bench(tasks, include_patches=need_patches), tasks
     root = Path(data).expanduser()
     if not root.is_dir():
         raise DataError(f"--data {data}: no such folder; expected hf, synthetic, or a folder holding "
@@ -323,15 +327,19 @@ def run(args: argparse.Namespace, bench_options: str | None) -> int:
     tasks = parse_tasks(getattr(args, "tasks", None)) or parse_tasks(bench_options)
     seed = getattr(args, "seed", DEFAULT_SEED)
     head = getattr(args, "head", DEFAULT_HEAD)
-    root, tasks = resolve_data(getattr(args, "data", None), tasks, getattr(args, "cache_dir", None))
+    embeddings_dir = getattr(args, "embeddings_dir", None)
+    root, tasks = resolve_data(getattr(args, "data", None), tasks, getattr(args, "cache_dir", None),
+                               need_patches=not embeddings_dir)
     loaded = [load_task(root, name) for name in tasks]
 
-    embeddings_dir = getattr(args, "embeddings_dir", None)
     if embeddings_dir:
-        model_name = getattr(args, "model_name", None)
+        model_name = getattr(args, "model_name", None) or getattr(args, "model", None)
         if not model_name:
             raise PathbenchError("--embeddings-dir needs --model-name NAME to label the results "
                                  "(and to find <DIR>/<TASK>/<NAME>/<sample_id>.h5 in HEST's layout).")
+        if not Path(embeddings_dir).is_dir():
+            raise DataError(f"--embeddings-dir {embeddings_dir}: no such folder; expected HEST embedding files "
+                            "<DIR>/<TASK>/<sample_id>.h5 or <DIR>/<TASK>/<model>/<sample_id>.h5.")
         embed = hest_cache_embeddings(embeddings_dir, model_name)
         extractor, pooling = None, None
     else:

@@ -315,11 +315,22 @@ def read_hest_embeddings(path: str | os.PathLike) -> tuple[list[str], np.ndarray
 # Locating the data
 
 
-def download_hest_bench(tasks: Sequence[str], local_dir: str | os.PathLike | None = None) -> Path:
+def hub_patterns(tasks: Sequence[str], include_patches: bool = True) -> list[str]:
+    """``allow_patterns`` selecting ``tasks`` in the hub repository (without the patch files if asked)."""
+    if include_patches:
+        return [f"{task}/*" for task in tasks]
+    return [pattern for task in tasks
+            for pattern in (f"{task}/splits/*", f"{task}/adata/*", f"{task}/{GENE_LIST_FILE}")]
+
+
+def download_hest_bench(tasks: Sequence[str], local_dir: str | os.PathLike | None = None,
+                        include_patches: bool = True) -> Path:
     """Fetch only ``tasks`` of ``MahmoodLab/hest-bench`` from the hub; return the root folder.
 
-    Uses ``huggingface_hub.snapshot_download`` with one ``allow_patterns`` entry per task,
-    into the user's hub cache (or ``local_dir``); honours ``HF_HUB_OFFLINE`` and a cached copy.
+    Uses ``huggingface_hub.snapshot_download`` with ``allow_patterns`` naming only those
+    tasks (and, with ``include_patches=False``, only their splits, h5ad files and gene
+    list: what evaluating precomputed embeddings needs), into the user's hub cache (or
+    ``local_dir``); honours ``HF_HUB_OFFLINE`` and a cached copy.
     """
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import (
@@ -333,7 +344,7 @@ def download_hest_bench(tasks: Sequence[str], local_dir: str | os.PathLike | Non
               "(or set HF_TOKEN). Or download it yourself and pass --data /path/to/hest-bench.")
     try:
         root = snapshot_download(repo_id=HEST_REPO_ID, repo_type="dataset",
-                                 allow_patterns=[f"{task}/*" for task in tasks],
+                                 allow_patterns=hub_patterns(tasks, include_patches),
                                  local_dir=None if local_dir is None else str(local_dir))
     except GatedRepoError as exc:
         raise DataError(f"no access to {HEST_REPO_ID}. {access}") from exc
