@@ -121,11 +121,12 @@ def run(args: argparse.Namespace, bench_options: str | None) -> int:
         n_tiles = len(features.rows)
         slide_ids = list(features.slide_ids)
     else:
-        extractor = cli_common.extractor_from_args(args, bench="plism")
-        pooling = cli_common.resolve_pooling(args, "plism")
         model_name = cli_common.model_label(args)
+        # the data is checked before the model is loaded (or its weights downloaded)
         slides, source = open_plism(args.data, args.stainings, args.scanners, args.cache_dir, progress)
         slides = align_and_subset(slides, tile_subset)
+        extractor = cli_common.extractor_from_args(args, bench="plism")
+        pooling = cli_common.resolve_pooling(args, "plism")
         slide_ids = list(slides)
         options = cli_common.extraction_options(args)
         extracted = {}
