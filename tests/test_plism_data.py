@@ -91,6 +91,7 @@ def test_slide_and_tile_ids_parse_and_sort_by_x_then_y():
     assert plism.canonical_slide_id("GIVH_AT2_to_GMH_S60.tif.h5") == "GIVH_AT2_to_GMH_S60"
     assert plism.slide_staining_scanner("GIVH_AT2_to_GMH_S60.tif") == ("GIVH", "AT2")
     assert plism.parse_tile_id("tile_16_1024_3072") == (16, 1024, 3072)
+    assert plism.parse_tile_id("t_0_-1_2") == (0, -1, 2)
     with pytest.raises(DataError, match="tile_<level>_<x>_<y>"):
         plism.parse_tile_id("tile_a_b")
     order = plism.canonical_order(TILE_IDS)

@@ -65,7 +65,8 @@ TILE_SUBSET_SHA256: dict[int, str] = {
 DEFAULT_N_TILES = 8139
 
 _SLIDE_SUFFIXES = (".h5", ".tif")
-_TILE_ID = re.compile(r"^tile_(-?\d+)_(-?\d+)_(-?\d+)$")
+# plismbench reads ``tile_id.split("_")[1:]`` as (level, x, y): any one-word prefix
+_TILE_ID = re.compile(r"^[^_]*_(-?\d+)_(-?\d+)_(-?\d+)$")
 
 
 # ------------------------------------------------------------------------------------
