@@ -403,3 +403,14 @@ def test_command_prints_the_table_and_writes_files(tmp_path, capsys):
     args = parser.parse_args(["--bench", "plism", "--results", str(tmp_path), "--format", "latex", "--out", str(target),
                               "--n-boot", "100"])
     assert lb.run(args) == 0 and target.read_text().startswith(r"\begin{table}")
+
+
+def test_parameters_come_from_the_model_zoo_else_from_run_json(tmp_path):
+    from pathbench.extractors import count_parameters, get_spec
+
+    write_plism_run(tmp_path, "vit-tiny-random")
+    write_plism_run(tmp_path, "my-own-model")
+    runs, _ = lb.load_runs(tmp_path, "plism")
+    params = {r.model: r.params for r in runs}
+    assert params["vit-tiny-random"] == count_parameters(get_spec("vit-tiny-random"))
+    assert params["my-own-model"] == 5_000_000  # run.json's model.params
