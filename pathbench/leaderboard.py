@@ -734,6 +734,11 @@ def _read_eva(path: Path, run_json: dict[str, Any]) -> Run:
         settings.append(f"max {max_steps} steps")
     if isinstance(n_runs, int) and not isinstance(n_runs, bool) and n_runs != 5:
         settings.append(f"{n_runs} runs")
+    batch = _setting(run_json, "probe_batch_size", "batch_size")
+    if _find_key(run_json, "eva_defaults") is False and isinstance(batch, int) and batch != 256:
+        settings.append(f"batch {batch}")
+    if _find_key(run_json, "eva_defaults") is False and not settings:
+        settings.append("non-default probe")
     if kind == "real" and not settings:
         protocol, detail = "eva-2024", "eva linear probe (eva 0.4 offline protocol), CLS embeddings by default"
     else:
