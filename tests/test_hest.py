@@ -452,6 +452,7 @@ def test_evaluate_with_a_model_on_synthetic_data_writes_every_output(tmp_path, c
     run = pd.read_json(out / "run.json", typ="series")
     assert run["pooling"] == "cls+mean" and run["head"] == "ridge-pca" and run["seed"] == 1
     assert run["model"]["name"] == "vit-tiny-random"
+    assert run["data"]["source"] == "synthetic" and run["data_fingerprint"].startswith("hest-splits:")
 
     # the numbers are HEST's pipeline applied to the cached embeddings
     from pathbench.extractors import load_extractor
@@ -473,3 +474,16 @@ def test_evaluate_with_a_model_on_synthetic_data_writes_every_output(tmp_path, c
     assert main(common + ["--head", "ridge", "--out", str(tmp_path / "ridge")]) == 0
     entries = [p for p in (cache_root() / "features").glob("*/*") if (p / "manifest.json").is_file()]
     assert len(entries) == 3
+
+
+def test_data_resolution_for_local_folders_and_synthetic_tasks(synthetic_root, tmp_path):
+    from pathbench.benches.hest import parse_tasks, resolve_data
+
+    assert parse_tasks(" idc, lymph_idc ,") == ["IDC", "LYMPH_IDC"] and parse_tasks("") is None
+    # a local folder without leaderboard tasks: every task folder found there
+    assert resolve_data(str(synthetic_root), None, None) == (synthetic_root, ["SYN_A", "SYN_B"])
+    assert resolve_data(str(synthetic_root), ["SYN_B"], None)[1] == ["SYN_B"]
+    with pytest.raises(DataError, match="no such folder"):
+        resolve_data(str(tmp_path / "nowhere"), None, None)
+    with pytest.raises(DataError, match="synthetic HEST has no task IDC"):
+        resolve_data("synthetic", ["IDC"], tmp_path)

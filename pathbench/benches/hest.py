@@ -40,6 +40,7 @@ from pathbench.benches.hest_protocol import (
     pearson_per_gene,
 )
 from pathbench.data.hest import (
+    HEST_REPO_ID,
     HEST_TASKS,
     HestSample,
     HestTask,
@@ -48,6 +49,7 @@ from pathbench.data.hest import (
     load_task,
     read_expression,
     read_hest_embeddings,
+    tasks_fingerprint,
 )
 from pathbench.errors import DataError, PathbenchError
 
@@ -284,6 +286,13 @@ def synthetic_root(cache_dir: str | os.PathLike | None) -> Path:
     return cache_root(cache_dir) / "datasets" / f"synthetic-hest-v{GENERATOR_VERSION}"
 
 
+def data_source(data: str | None) -> str:
+    """``hf:MahmoodLab/hest-bench``, ``synthetic`` or ``local`` for a ``--data`` value."""
+    if not data or data == "hf":
+        return f"hf:{HEST_REPO_ID}"
+    return "synthetic" if data == "synthetic" else "local"
+
+
 def resolve_data(data: str | None, tasks: list[str] | None, cache_dir: str | os.PathLike | None,
                  need_patches: bool = True) -> tuple[Path, list[str]]:
     """(root folder, task names) for ``--data hf|synthetic|PATH`` and ``--tasks``.
@@ -358,7 +367,9 @@ def run(args: argparse.Namespace, bench_options: str | None) -> int:
     write_csv(out / "summary.csv", result.summary)
     settings = {
         "bench": "hest", "protocol": "HEST-Benchmark default (StandardScaler + PCA + lsqr ridge, Pearson per gene)",
-        "model_name": model_name, "head": head, "seed": seed, "data": str(root), "tasks": tasks,
+        "model_name": model_name, "head": head, "seed": seed, "tasks": tasks,
+        "data": {"source": data_source(getattr(args, "data", None)), "path": str(root)},
+        "data_fingerprint": tasks_fingerprint(loaded),
         "embeddings_dir": str(embeddings_dir) if embeddings_dir else None,
         "n_components": 256 if head != "ridge" else None,
         "alpha": "100 / (n_features * n_genes)" if head != "ridge-cv" else "inner cross-validation",

@@ -159,6 +159,12 @@ def load_task(root: str | os.PathLike, name: str) -> HestTask:
     return HestTask(name=name, root=task_dir, genes=genes, folds=folds, samples=samples)
 
 
+def tasks_fingerprint(tasks: Sequence[HestTask]) -> str:
+    """sha256 of what makes results comparable: task names, gene lists and fold memberships."""
+    description = [[t.name, list(t.genes), [[f.index, list(f.train), list(f.test)] for f in t.folds]] for t in tasks]
+    return "hest-splits:" + hashlib.sha256(json.dumps(description).encode()).hexdigest()
+
+
 # ---------------------------------------------------------------------------------------
 # Patch files
 
