@@ -938,8 +938,9 @@ def build_leaderboard(bench: str, results: str | Path = DEFAULT_RESULTS, referen
         groups.append(Group(protocol, ranked[0].protocol_detail, ranked))
 
     comparisons = _compare_runs(bench, groups, keys, n_boot=n_boot, seed=seed)
+    reference_files_shown = {Path(e.provenance.get("file", "")).name for e in references}
     for check in checks:
-        if not check.ok and any(e.model == check.model and not e.is_run for e in references) and check.column in keys:
+        if not check.ok and check.source_file in reference_files_shown and check.column in keys:
             footnotes.append(check.describe())
     if bench == "eva" and references:
         footnotes.append("The published average covers the slide-level and segmentation tasks too; pathbench runs the "

@@ -25,13 +25,14 @@ N_BOOT = 200
 # ----------------------------------------------------------------------------------------
 # Fixture writers: the on-disk formats the benchmarks write (issues PLISM, HEST, EVA)
 # ----------------------------------------------------------------------------------------
-def write_run_json(folder: Path, model: str, bench: str, **settings) -> None:
+def write_run_json(folder: Path, model: str, bench: str, top: dict | None = None, **settings) -> None:
+    """A run.json shaped like pathbench.provenance's record, with bench-specific keys."""
     record = {
         "created": "2026-01-01T00:00:00+0000", "command": f"pathbench evaluate --model {model} --bench {bench}",
-        "versions": {"pathbench": "0.1.0", "python": "3.11"}, "bench": bench,
+        "versions": {"pathbench": "0.1.0", "python": "3.11"},
         "model": {"name": model, "weights_fingerprint": f"sha256:{model}", "precision": "fp32", "params": 5_000_000},
         "pooling": settings.pop("pooling", "cls"), "an_unknown_key": {"nested": [1, 2, 3]},
-        "settings": settings,
+        **(top or {}), "settings": settings,
     }
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "run.json").write_text(json.dumps(record), encoding="utf-8")
@@ -72,8 +73,13 @@ def write_plism_run(root: Path, model: str, offset=0.0, seed=0, stainings=STAINI
     score = float(np.mean([np.median(pairs["cosine_similarity"])] + [
         np.median(pairs.loc[groups == g, "top_10_accuracy"]) for g in ("inter_scanner", "inter_staining", "both")]))
     slides = sorted(set(pairs["slide_a"]) | set(pairs["slide_b"]))
-    extra = {"leaderboard_score": score} if with_score else {}
-    write_run_json(out, model, "plism", data=data, n_tiles=n_tiles, slides=slides, **extra)
+    top = {"benchmark": "plism", "model_name": model, "n_tiles_per_slide": n_tiles, "slides": slides,
+           "data": {"kind": "synthetic", "path": f"/cache/synthetic-{n_tiles}", "seed": 0} if data == "synthetic"
+           else {"kind": "hub", "repo": "owkin/plism-dataset-tiles"},
+           "tile_subset": {"spec": str(n_tiles), "n_tiles": n_tiles}, "complete": True}
+    if with_score:
+        top["leaderboard_score"] = score
+    write_run_json(out, model, "plism", top, protocol="plism-v1", slides=slides)
     return out
 
 
@@ -101,7 +107,9 @@ def write_hest_run(root: Path, model: str, tasks=("TASKA", "TASKB"), offset=0.0,
     summary.append({"task": "average", "pearson_mean": np.mean([s["pearson_mean"] for s in summary]),
                     "pearson_std": 0.0, "n_folds": len(folds_frame)})
     pd.DataFrame(summary).to_csv(out / "summary.csv", index=False)
-    write_run_json(out, model, "hest", data=data, head="ridge-pca", tasks=list(tasks), pooling="cls+mean")
+    root = "/cache/datasets/synthetic-hest-v1" if data == "synthetic" else "/hub/MahmoodLab/hest-bench"
+    write_run_json(out, model, "hest", {"bench": "hest"}, data=root, head="ridge-pca", tasks=list(tasks),
+                   pooling="cls+mean")
     return out
 
 
@@ -125,7 +133,9 @@ def write_eva_run(root: Path, model: str, tasks=("bach", "crc", "mhist", "pcam")
     summary = [{"task": t, "metric": "balanced_accuracy", "mean": g["value"].mean(), "std": g["value"].std(ddof=1),
                 "n_runs": len(g)} for t, g in reported.groupby("task", sort=False)]
     pd.DataFrame(summary).to_csv(out / "summary.csv", index=False)
-    write_run_json(out, model, "eva", data=data, runs=n_runs, max_steps=12500)
+    per_task = {t: {"runs": n_runs, "max_steps": 12500, "batch_size": 256} for t in tasks}
+    write_run_json(out, model, "eva", {"bench": "eva", "protocol": {"eva_defaults": True, "per_task": per_task},
+                                       "source": {"data": f"/data/{data}-eva"}})
     return out
 
 
@@ -313,12 +323,16 @@ def test_corrupt_and_partial_runs_are_reported_skipped_and_left_untouched(tmp_pa
     pairs.to_csv(broken / "pairs.csv", index=False)
     missing_column = write_plism_run(tmp_path, "missing-column")
     pd.read_csv(missing_column / "pairs.csv").drop(columns=["top_10_accuracy"]).to_csv(missing_column / "pairs.csv", index=False)
+    unfinished = write_plism_run(tmp_path, "unfinished")
+    record = json.loads((unfinished / "run.json").read_text())
+    (unfinished / "run.json").write_text(json.dumps({**record, "complete": False}))
     before = tree_digest(tmp_path)
 
     board = lb.build_leaderboard("plism", tmp_path, "none", n_boot=N_BOOT)
     assert [e.model for e in board.entries] == ["good"]
     reasons = {s.path.name: s.reason for s in board.skipped}
-    assert set(reasons) == {"corrupt", "partial", "interrupted", "nan-values", "missing-column"}
+    assert set(reasons) == {"corrupt", "partial", "interrupted", "nan-values", "missing-column", "unfinished"}
+    assert "incomplete" in reasons["unfinished"]
     assert "not valid JSON" in reasons["corrupt"]
     assert "run.json is missing" in reasons["partial"]
     assert "summary.csv is missing" in reasons["interrupted"]
@@ -371,6 +385,7 @@ def test_eva_runs_are_compared_over_runs_and_ranked_on_the_patch_average(tmp_pat
     reference_group = next(g for g in board.groups if g.protocol == "eva-2024")
     assert reference_group.entries[0].model == "Virchow2"  # (0.966 + 0.858 + 0.936) / 3 is the best patch average
     assert any("patch tasks" in f for f in board.footnotes)
+    assert not any("Kaiko" in f for f in board.footnotes)  # the HEST table's footnote stays there
 
 
 # ----------------------------------------------------------------------------------------
@@ -414,3 +429,16 @@ def test_parameters_come_from_the_model_zoo_else_from_run_json(tmp_path):
     params = {r.model: r.params for r in runs}
     assert params["vit-tiny-random"] == count_parameters(get_spec("vit-tiny-random"))
     assert params["my-own-model"] == 5_000_000  # run.json's model.params
+
+
+def test_eva_runs_with_non_default_probe_settings_form_their_own_protocol(tmp_path):
+    write_eva_run(tmp_path, "default-probe", data="real")
+    short = write_eva_run(tmp_path, "short-probe", data="real")
+    record = json.loads((short / "run.json").read_text())
+    record["protocol"] = {"eva_defaults": False, "per_task": {"crc": {"runs": 5, "max_steps": 1000, "batch_size": 8}}}
+    (short / "run.json").write_text(json.dumps(record))
+    board = lb.build_leaderboard("eva", tmp_path, "paper", n_boot=N_BOOT)
+    protocols = {e.model: e.protocol for e in board.entries if e.is_run}
+    assert protocols["default-probe"] == "eva-2024"
+    assert protocols["short-probe"] == "eva-real-max1000steps-batch8"
+    assert not board.comparisons
