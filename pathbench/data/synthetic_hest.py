@@ -31,7 +31,7 @@ import pandas as pd
 
 from pathbench._io import read_json, write_csv, write_json
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 TILE_SIZE = 224
 N_BENCH_GENES = 50
 
@@ -78,6 +78,8 @@ _PINK_LIGHT = np.array([236.0, 190.0, 214.0])
 _PINK_DARK = np.array([200.0, 90.0, 150.0])
 _NUCLEUS = np.array([70.0, 40.0, 120.0])
 _WHITE = np.array([246.0, 244.0, 248.0])
+# nucleus footprints: discs of radius 2.5 to 6.5 px in a 15 x 15 window
+_DISCS = [np.add.outer(np.arange(-7, 8) ** 2, np.arange(-7, 8) ** 2) <= r**2 for r in np.linspace(2.5, 6.5, 9)]
 
 
 def render_tile(latent: np.ndarray, rng: np.random.Generator, size: int = TILE_SIZE) -> np.ndarray:
@@ -88,19 +90,17 @@ def render_tile(latent: np.ndarray, rng: np.random.Generator, size: int = TILE_S
     """
     density, eosin, empty = (float(v) for v in latent)
     base = _PINK_LIGHT + (_PINK_DARK - _PINK_LIGHT) * eosin
-    image = np.broadcast_to(base, (size, size, 3)).copy()
+    image = np.broadcast_to(base.astype(np.float32), (size, size, 3)).copy()
     holes = _smooth_field(rng, size, 1, cells=6)[0]
     threshold = np.quantile(holes, 1.0 - 0.6 * empty) if empty > 0.02 else np.inf
     image[holes > threshold] = _WHITE
     n_nuclei = int(round(8 + 140 * density))
-    yy, xx = np.mgrid[-7:8, -7:8]
-    for _ in range(n_nuclei):
-        cy, cx = rng.integers(7, size - 7, 2)
-        radius = rng.uniform(2.5, 6.5)
-        disc = (yy**2 + xx**2) <= radius**2
-        window = image[cy - 7 : cy + 8, cx - 7 : cx + 8]
-        window[disc] = _NUCLEUS + rng.normal(0, 12, 3)
-    image += rng.normal(0, 6, image.shape)
+    centres = rng.integers(7, size - 7, (n_nuclei, 2))
+    radii = rng.integers(0, len(_DISCS), n_nuclei)
+    colours = _NUCLEUS + rng.normal(0, 12, (n_nuclei, 3))
+    for (cy, cx), r, colour in zip(centres, radii, colours, strict=True):
+        image[cy - 7 : cy + 8, cx - 7 : cx + 8][_DISCS[r]] = colour
+    image += rng.standard_normal(image.shape, dtype=np.float32) * 6
     return np.clip(image, 0, 255).astype(np.uint8)
 
 
