@@ -35,8 +35,11 @@ from pathbench.errors import PathbenchError
 
 BACKENDS = ("torch", "faiss")
 
-# A similarity block holds about this many float32 values (64 MiB), whatever the sizes.
+# A similarity block holds about this many float32 values (64 MiB), whatever the sizes:
+# large enough for the matrix product to run at full rate ...
 _BLOCK_VALUES = 1 << 24
+# ... and the per-block bookkeeping walks it in slices of about 4 MiB, which stay in cache.
+_SLICE_VALUES = 1 << 20
 
 
 def faiss_available() -> bool:
@@ -171,9 +174,14 @@ def _mask_excluded(block: np.ndarray | torch.Tensor, excluded: np.ndarray | None
 def _similarity_blocks(
     queries: Any, database: Any, block_rows: int | None, device: torch.device
 ) -> Iterator[tuple[int, np.ndarray | torch.Tensor]]:
-    """Yield ``(r0, queries[r0:r1] @ database.T)``: NumPy on the CPU, a tensor on a GPU."""
+    """Yield ``(r0, queries[r0:r1] @ database.T)``: NumPy on the CPU, a tensor on a GPU.
+
+    On the CPU each product block is handed out in cache-sized slices of rows, all views of
+    one reused buffer: a consumer must be done with a slice before asking for the next.
+    """
     n_queries, n_database, _ = _check_pair(queries, database)
     rows = _block_rows(n_database, block_rows)
+    slice_rows = max(8, min(rows, _SLICE_VALUES // max(n_database, 1)))
     q = _as_tensor(queries, device)
     db_t = _as_tensor(database, device).T
     with _full_precision_matmul(), torch.no_grad():
@@ -183,7 +191,9 @@ def _similarity_blocks(
                 r1 = min(r0 + rows, n_queries)
                 block = out[: r1 - r0]
                 torch.matmul(q[r0:r1], db_t, out=block)
-                yield r0, block.numpy()
+                values = block.numpy()
+                for s0 in range(0, r1 - r0, slice_rows):
+                    yield r0 + s0, values[s0 : s0 + slice_rows]
         else:
             for r0 in range(0, n_queries, rows):
                 yield r0, q[r0 : r0 + rows] @ db_t
@@ -337,13 +347,12 @@ class ThresholdCounts:
     col_ambiguous: np.ndarray | None
 
 
-def _count_ge(block: np.ndarray | torch.Tensor, bound: Any, axis: int) -> np.ndarray:
+def _count_ge(block: np.ndarray | torch.Tensor, bound: Any, axis: int, scratch: np.ndarray | None) -> np.ndarray:
     """Number of entries ``>= bound`` along ``axis`` (bound broadcast along the other axis)."""
-    if isinstance(block, np.ndarray):
-        shape = (-1, 1) if axis == 1 else (1, -1)
-        mask = block >= bound.reshape(shape)
-        return mask.view(np.uint8).sum(axis=axis, dtype=np.int64)
     shape = (-1, 1) if axis == 1 else (1, -1)
+    if isinstance(block, np.ndarray):
+        mask = np.greater_equal(block, bound.reshape(shape), out=scratch[: block.shape[0]])
+        return mask.view(np.uint8).sum(axis=axis, dtype=np.int32).astype(np.int64)
     return (block >= bound.reshape(shape)).sum(dim=axis).cpu().numpy()
 
 
@@ -422,12 +431,15 @@ def threshold_counts(
         col_lo = np.asarray(column_lo, dtype=np.float32)
         col_hi = np.asarray(column_hi, dtype=np.float32)
         col_lo_d, col_hi_d = on_device(col_lo), on_device(col_hi)
+    scratch = None
     for r0, block in _similarity_blocks(queries, database, block_rows, resolved):
         r1 = r0 + block.shape[0]
+        if scratch is None and isinstance(block, np.ndarray):
+            scratch = np.empty(block.shape, dtype=bool)
         _mask_excluded(block, excluded, r0)
         lo_d, hi_d = on_device(lo[r0:r1]), on_device(hi[r0:r1])
-        sure = _count_ge(block, hi_d, axis=1)
-        maybe = _count_ge(block, lo_d, axis=1)
+        sure = _count_ge(block, hi_d, 1, scratch)
+        maybe = _count_ge(block, lo_d, 1, scratch)
         row_sure[r0:r1] = sure
         open_rows = np.flatnonzero((maybe > sure) & (sure < limit))
         if open_rows.size:
@@ -435,8 +447,8 @@ def threshold_counts(
             pairs[:, 0] += r0
             row_pairs.append(pairs)
         if columns:
-            sure_c = _count_ge(block, col_hi_d, axis=0)
-            maybe_c = _count_ge(block, col_lo_d, axis=0)
+            sure_c = _count_ge(block, col_hi_d, 0, scratch)
+            maybe_c = _count_ge(block, col_lo_d, 0, scratch)
             col_sure += sure_c
             open_cols = np.flatnonzero((maybe_c > sure_c) & (col_sure < limit))
             if open_cols.size:

@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from pathbench import retrieval
 from pathbench.benches import plism_metrics as pm
@@ -29,8 +30,7 @@ def reference_pair(f1: np.ndarray, f2: np.ndarray, ks=KS) -> dict[str, float]:
     (products of float32 numbers are exact in float64; ``math.fsum`` rounds once).
     """
     x = np.concatenate([f1, f2]).astype(np.float64)
-    x = x / np.sqrt(np.array([math.fsum(row * row) for row in x]))[:, None]
-    x = x.astype(np.float32).astype(np.float64)
+    x = (x / np.sqrt((x * x).sum(axis=1))[:, None]).astype(np.float32).astype(np.float64)
     n = f1.shape[0]
     size = 2 * n
     sim = np.empty((size, size))
@@ -165,6 +165,69 @@ def test_float32_bound_cases_are_decided_in_float64():
     b[3] = b[2] + 1e-9 * rng.standard_normal(dim)
     features = {"GM_AT2": a.astype(np.float32), "GM_P": b.astype(np.float32)}
     assert_matches_reference(features, [("GM_AT2", "GM_P")])
+
+
+def near_copy_slides(seed: int, n: int = 120, dim: int = 16) -> dict[str, np.ndarray]:
+    """Queries whose match is tied, to within float32 rounding, with 8 to 19 other tiles.
+
+    For query ``a_i`` (i < 6) a group of tiles of S1 are copies of ``b_i`` moved by a few
+    units in the last place, so ``<a_i, a_j> - <a_i, b_i>`` is about 1e-8 either way:
+    far below the float32 error of a 16-dim product, and the group is larger than the
+    top-11 lists kept per slide, so deciding these needs exact arithmetic on every member.
+    """
+    rng = np.random.default_rng(seed)
+    b = rng.standard_normal((n, dim)).astype(np.float32)
+    a = (b + 1.2 * rng.standard_normal((n, dim))).astype(np.float32)
+    row = 6
+    for i in range(6):
+        size = 8 + 2 * i
+        for j in range(row, row + size):
+            ulps = rng.integers(-3, 4, dim).astype(np.float32)
+            a[j] = b[i] + ulps * np.spacing(b[i])
+        row += size
+    return {"GM_AT2": a, "GM_P": b}
+
+
+@pytest.mark.parametrize("seed", [12, 13])
+def test_groups_of_near_ties_larger_than_the_neighbour_lists_are_counted_exactly(seed):
+    features = near_copy_slides(seed)
+    rows = assert_matches_reference(features, [("GM_AT2", "GM_P")], ks=KS)
+    assert 0 < rows[0]["top_10_accuracy"] < 1
+
+
+def test_neighbour_lists_are_recounted_when_truncation_could_hide_a_tie():
+    """A top-11 list in float32 order may leave out tiles whose exact score reaches the threshold.
+
+    The lists here are built from the exact scores plus rounding noise within the float32
+    bound (what any float32 product may do), so their order scrambles near-ties.
+    """
+    rng = np.random.default_rng(15)
+    n, dim, cap = 140, 16, 10
+    x = rng.standard_normal((n, dim)).astype(np.float32)
+    targets = rng.standard_normal((5, dim)).astype(np.float32)
+    x[:5] = targets + 0.3 * rng.standard_normal((5, dim)).astype(np.float32)  # the queries
+    row = 5
+    for i in range(5):  # query i: a group of 12..20 near-copies of targets[i]
+        for j in range(row, row + 12 + 2 * i):
+            x[j] = targets[i] + rng.integers(-3, 4, dim).astype(np.float32) * np.spacing(targets[i])
+        row += 12 + 2 * i
+    x = pm.normalise(x)
+    t = pm.normalise(targets)
+    everyone = np.arange(n)
+    exact = np.array([[math.fsum(x[i].astype(np.float64) * x[j]) for j in range(n)] for i in range(5)])
+    thresholds = np.array([math.fsum(x[i].astype(np.float64) * t[i]) for i in range(5)])
+    eps = retrieval.float32_error_bound(dim)
+    noisy = (exact + rng.uniform(-eps / 3, eps / 3, exact.shape)).astype(np.float32)
+    noisy[everyone[:5], everyone[:5]] = -np.inf
+    ids = np.argsort(-noisy, axis=1, kind="stable")[:, : cap + 1]
+    values = np.take_along_axis(noisy, ids, axis=1)
+    lo, hi = pm._threshold_bounds(thresholds, dim)
+    slide = pm._Slide(x, None)
+    queries = pm._Slide(x[:5].copy(), None)
+    counts = pm._list_counts(values, ids, thresholds, lo, hi, queries, slide, cap, torch.device("cpu"), None)
+    expected = [min(cap, sum(1 for j in range(n) if j != i and exact[i, j] >= thresholds[i])) for i in range(5)]
+    assert counts.tolist() == expected
+    assert 0 < min(expected) < cap
 
 
 def test_single_tile_slides_are_always_a_hit():

@@ -48,8 +48,9 @@ DEFAULT_KS: tuple[int, ...] = (1, 3, 5, 10)
 GROUPS: tuple[str, ...] = ("all", "inter-scanner", "inter-staining", "inter-scanner & inter-staining")
 COSINE = "cosine_similarity"
 
-# Rows converted to float64 at a time when normalising or computing exact dots.
-_CHUNK_ROWS = 4096
+# Rows converted to float64 at a time when normalising or computing exact dots (small
+# enough for the temporaries to stay in cache).
+_CHUNK_ROWS = 512
 
 
 def metric_names(ks: Sequence[int] = DEFAULT_KS) -> list[str]:

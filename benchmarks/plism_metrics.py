@@ -1,0 +1,151 @@
+"""Time the PLISM metrics engine against a plain dense version, and against the matmul bound.
+
+    python benchmarks/plism_metrics.py                       # 21 slides x 2,000 tiles x 768 dims
+    python benchmarks/plism_metrics.py --slides 91 --tiles 8139 --dim 1536 --device cuda --skip-dense
+
+Random features shaped like PLISM (each slide a noisy view of the same tiles, so the
+accuracies are neither 0 nor 1). Three things are measured in one process:
+
+1. the engine, ``pathbench.benches.plism_metrics.iter_pair_metrics``, over all C(S, 2) pairs;
+2. a plain dense float32 NumPy version that builds the 2n x 2n similarity matrix of each
+   pair and ranks from it (what a direct reading of the definition does); the ratio of
+   the two times is printed, and the results are compared;
+3. the machine's matrix-multiply rate (torch, the engine's own matmul, on one n x n x d
+   block and on a 4096-cube), against which the engine's achieved GFLOP/s is printed.
+   The engine needs (S + pairs) blocks of n x n x d multiply-adds.
+
+It also times the two retrieval backends' top-k search on one slide (``--backends``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import numpy as np
+import torch
+
+from pathbench import retrieval
+from pathbench.benches import plism_metrics as pm
+
+
+def random_features(slides: int, tiles: int, dim: int, seed: int) -> dict[str, np.ndarray]:
+    """``slides`` noisy views of the same tiles: a rank-4 shared part makes tiles look alike."""
+    rng = np.random.default_rng(seed)
+    shared = rng.standard_normal((tiles, 4)) @ rng.standard_normal((4, dim)) / 2.0
+    base = (shared + 0.3 * rng.standard_normal((tiles, dim))).astype(np.float32)
+    out = {}
+    for s in range(slides):
+        noise = rng.standard_normal((tiles, dim), dtype=np.float32)
+        out[f"ST{s // 7}_SC{s % 7}_to_GMH_S60"] = base + np.float32(rng.uniform(0.3, 1.2)) * noise
+    return out
+
+
+def dense_pair_metrics(a: np.ndarray, b: np.ndarray, ks: tuple[int, ...]) -> dict[str, float]:
+    """The 2n x 2n float32 similarity matrix of one pair, ranks read off its rows."""
+    n = a.shape[0]
+    x = np.concatenate([a, b])
+    sim = x @ x.T
+    np.fill_diagonal(sim, -np.inf)
+    idx = np.arange(n)
+    match_ab = sim[idx, n + idx]
+    match_ba = sim[n + idx, idx]
+    rank_ab = (sim[:n] >= match_ab[:, None]).sum(axis=1)
+    rank_ba = (sim[n:] >= match_ba[:, None]).sum(axis=1)
+    row = {"cosine_similarity": float(np.einsum("ij,ij->i", a, b, dtype=np.float64).mean())}
+    for k in ks:
+        row[f"top_{k}_accuracy"] = float(0.5 * ((rank_ab <= k).mean() + (rank_ba <= k).mean()))
+    return row
+
+
+def matmul_rate(n: int, m: int, dim: int, device: torch.device, repeats: int = 3) -> float:
+    """GFLOP/s of a float32 (n x dim) @ (dim x m) product with torch on ``device``."""
+    a = torch.randn(n, dim, device=device)
+    b = torch.randn(m, dim, device=device)
+    out = torch.empty(n, m, device=device)
+    torch.matmul(a, b.T, out=out)
+    best = float("inf")
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        torch.matmul(a, b.T, out=out)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - start)
+    return 2.0 * n * m * dim / best / 1e9
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--slides", type=int, default=21)
+    parser.add_argument("--tiles", type=int, default=2000)
+    parser.add_argument("--dim", type=int, default=768)
+    parser.add_argument("--backend", default="auto", choices=["auto", *retrieval.BACKENDS])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--skip-dense", action="store_true", help="do not time the dense version")
+    parser.add_argument(
+        "--dense-pairs", type=int, default=None,
+        help="time the dense version on this many pairs and scale to all (default: all pairs)",
+    )
+    parser.add_argument("--backends", action="store_true", help="also time top-k search with each backend")
+    args = parser.parse_args()
+
+    device = retrieval.resolve_device(args.device)
+    ks = pm.DEFAULT_KS
+    features = random_features(args.slides, args.tiles, args.dim, args.seed)
+    pairs = pm.all_pairs(list(features))
+    n, dim = args.tiles, args.dim
+    print(
+        f"{args.slides} slides x {n} tiles x {dim} dims, {len(pairs)} pairs; device {device}, "
+        f"backend {retrieval.resolve_backend(args.backend, device)}; torch threads {torch.get_num_threads()}, "
+        f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')}"
+    )
+
+    block_rate = matmul_rate(min(n, 2048), n, dim, device)
+    cube_rate = matmul_rate(4096, 4096, 1024, device)
+    print(f"matmul rate (torch fp32): {block_rate:.1f} GFLOP/s on a {min(n, 2048)}x{n}x{dim} block, "
+          f"{cube_rate:.1f} GFLOP/s on 4096x4096x1024")
+
+    start = time.perf_counter()
+    rows = list(pm.iter_pair_metrics(features, pairs, backend=args.backend, device=device, progress=False))
+    engine_s = time.perf_counter() - start
+    flops = (args.slides + len(pairs)) * 2.0 * n * n * dim
+    engine_rate = flops / engine_s / 1e9
+    bound = max(block_rate, cube_rate)
+    print(f"engine: {engine_s:.2f} s ({engine_s / len(pairs) * 1e3:.1f} ms/pair), "
+          f"{engine_rate:.1f} GFLOP/s useful = {engine_rate / bound:.2f} of the matmul rate "
+          f"({bound / engine_rate:.2f}x from the bound)")
+
+    if not args.skip_dense:
+        timed = pairs if args.dense_pairs is None else pairs[: args.dense_pairs]
+        start = time.perf_counter()
+        normalised = {s: pm.normalise(f) for s, f in features.items()}
+        dense_rows = [dense_pair_metrics(normalised[a], normalised[b], ks) for a, b in timed]
+        dense_s = (time.perf_counter() - start) * len(pairs) / len(timed)
+        scaled = "" if len(timed) == len(pairs) else f" (timed on {len(timed)} pairs, scaled)"
+        print(f"dense 2n x 2n fp32 numpy: {dense_s:.2f} s{scaled}; engine is {dense_s / engine_s:.2f}x faster")
+        differ = sum(
+            any(abs(d[m] - r[m]) > 1e-6 for m in d) for d, r in zip(dense_rows, rows, strict=False)
+        )
+        print(f"pairs where dense fp32 and engine differ by more than 1e-6: {differ} of {len(timed)}")
+
+    medians = {m: float(np.median([r[m] for r in rows])) for m in pm.metric_names(ks)}
+    print("medians: " + ", ".join(f"{m} {v:.3f}" for m, v in medians.items()))
+
+    if args.backends:
+        slide = pm.normalise(next(iter(features.values())))
+        for backend in retrieval.BACKENDS:
+            if backend == "faiss" and not retrieval.faiss_available():
+                continue
+            retrieval.topk(slide[:64], slide, 11, backend=backend, device=device)
+            start = time.perf_counter()
+            retrieval.topk(slide, slide, 11, exclude_ids=np.arange(n), backend=backend, device=device)
+            took = time.perf_counter() - start
+            print(f"top-11 self search, backend {backend}: {took:.3f} s = {2.0 * n * n * dim / took / 1e9:.1f} GFLOP/s")
+
+
+if __name__ == "__main__":
+    main()
