@@ -60,6 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
     cli_common.add_model_arguments(extract, required=True)
     extract.add_argument("--data", required=True, help="a folder of image files")
     extract.add_argument("--out", help="also write embeddings.npy and item_ids.txt to this folder")
+    # eva interoperability: --format eva writes eva's offline embeddings (manifest.csv + .pt files).
+    extract.add_argument("--format", choices=("npy", "eva"), default="npy",
+                         help="npy (default) or eva: --data is eva's DATA_ROOT (or synthetic), --out is "
+                              "EMBEDDINGS_ROOT/MODEL_NAME, one folder per task")
+    extract.add_argument("--task", help="with --format eva: bach, crc, mhist, pcam (comma-separated; default all found)")
     extract.set_defaults(func=_extract)
 
     evaluate = commands.add_parser(
@@ -120,6 +125,10 @@ def _models(args: argparse.Namespace) -> int:
 
 
 def _extract(args: argparse.Namespace) -> int:
+    if args.format == "eva":
+        from pathbench.benches.eva import extract_command
+
+        return extract_command(args)
     from pathbench import _io
     from pathbench.data.base import ImageFolderDataset
     from pathbench.features import extract_features, init_distributed_from_env

@@ -119,14 +119,18 @@ def epoch_permutation(generator: torch.Generator, n: int) -> torch.Tensor:
     """Order of the training items for one epoch, as ``DataLoader(shuffle=True, generator=g)``.
 
     A DataLoader iterator first draws its worker base seed from the generator, then its
-    ``RandomSampler`` draws ``torch.randperm(n)``; doing the same draws here makes a plain
-    DataLoader loop with the same generator see exactly the same batches.
+    ``RandomSampler`` draws ``torch.randperm(n)`` for the epoch and, when it is exhausted,
+    one more (empty-sliced) ``randperm(n)``; doing the same draws here makes a plain
+    DataLoader loop with the same generator see exactly the same batches, epoch after
+    epoch (checked by the tests against the installed torch).
 
     Returns:
         ``(n,)`` int64 permutation on the CPU.
     """
     torch.empty((), dtype=torch.int64).random_(generator=generator)
-    return torch.randperm(n, generator=generator)
+    order = torch.randperm(n, generator=generator)
+    torch.randperm(n, generator=generator)
+    return order
 
 
 class BatchedEarlyStopping:

@@ -286,6 +286,28 @@ def export_eva_embeddings(
                                 progress=progress)
 
 
+def extract_command(args: argparse.Namespace) -> int:
+    """``pathbench extract --format eva``: write eva's offline embeddings for eva's tasks.
+
+    ``--data`` is eva's ``DATA_ROOT`` (or ``synthetic``), ``--task`` a comma-separated list
+    (default: every task found), ``--out`` eva's ``${EMBEDDINGS_ROOT}/${MODEL_NAME}``.
+    """
+    from pathbench import cli_common
+
+    if not args.out:
+        raise PathbenchError("pathbench extract --format eva needs --out EMBEDDINGS_ROOT/MODEL_NAME "
+                             "(each task is written to <out>/<bach|crc|mhist|patch_camelyon>/).")
+    tasks = parse_tasks(getattr(args, "task", None))
+    data_root, task_roots = resolve_data(args.data, tasks, args.cache_dir)
+    extractor = cli_common.extractor_from_args(args, bench="eva")
+    pooling = args.pooling or DEFAULT_POOLING
+    options = cli_common.extraction_options(args)
+    for task in task_roots:
+        manifest = export_eva_embeddings(extractor, task, data_root, args.out, pooling=pooling, **options)
+        print(f"{TASKS[task].label}: eva embeddings ({pooling}) and manifest in {manifest.parent}")
+    return 0
+
+
 def find_manifest(task: str, embeddings_dir: Path, single: bool) -> Path | None:
     """The eva folder of ``task`` under ``embeddings_dir`` (``DIR/<eva folder>``, ``DIR/<task>``, or
     ``DIR`` itself when only one task is evaluated)."""
