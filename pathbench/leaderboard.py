@@ -278,7 +278,8 @@ def _reference_entry(bench: str, path: Path, row: pd.Series, columns: list[str])
     if bench == "eva":
         parts = [values.get(t, float("nan")) for t in EVA_PATCH_AVERAGE]
         values["average_patch"] = float(np.mean(parts)) if all(np.isfinite(parts)) else float("nan")
-    provenance = {k: row[k] for k in META_COLUMNS if k in row and row[k]}
+    provenance = {k: row[k] for k in ("source", "table", "date", "protocol", "model_key", "size", "note")
+                  if k in row and row[k]}
     provenance["file"] = f"pathbench/leaderboards/{path.name}"
     entry = Entry(model=row["model"], model_key=row["model_key"] or _normalise(row["model"]), origin="reference",
                   protocol=row["protocol"], protocol_detail=row.get("protocol_detail", "") or row["protocol"],
@@ -1364,7 +1365,7 @@ h1{font-size:1.6rem;margin-bottom:.2rem}h2{font-size:1.25rem;margin-top:2.2rem;b
 padding-bottom:.3rem}.sub{color:#616e7c;margin-top:0}
 table{border-collapse:collapse;width:100%;font-size:.88rem;margin:.8rem 0}
 th,td{padding:.35rem .55rem;border-bottom:1px solid #e4e7eb;text-align:left;vertical-align:top}
-th{background:#f5f7fa;font-weight:600;position:sticky;top:0}td.num{text-align:right;white-space:nowrap}
+th{background:#f5f7fa;font-weight:600}thead th{position:sticky;top:0}td.num{text-align:right;white-space:nowrap}
 tr.group th{background:#e8eef7;color:#243b53;font-weight:600;text-align:left}
 tr.run td{background:#fffbea}tr.merged td{background:#effcf6}
 .best{font-weight:700}.second{text-decoration:underline}.small{display:block;color:#616e7c;font-size:.75rem}

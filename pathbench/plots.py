@@ -115,34 +115,40 @@ def plism_figure4(runs: Sequence[Run], references: Sequence[Entry] | None = None
 
 
 def hest_task_bars(entries: Sequence[Entry], tasks: Sequence[str]) -> bytes:
-    """Grouped bars: Pearson r per task (x), one bar per row; error bars are the bootstrap
-    95 % CI of your runs."""
+    """Grouped bars: Pearson r per task (x), one bar per row that has the task; error bars
+    are the bootstrap 95 % CI of your runs. A row keeps its colour across tasks."""
+    from matplotlib.patches import Patch
+
     entries = [e for e in entries if any(np.isfinite(e.values.get(t, np.nan)) for t in tasks)]
-    figure, ax = plt.subplots(figsize=(max(8.0, 1.1 * len(tasks) + 3), 5.2))
-    width = 0.8 / max(1, len(entries))
-    reference_colors = plt.get_cmap("Blues")(np.linspace(0.35, 0.9, max(1, sum(not e.is_run for e in entries))))
-    run_colors = plt.get_cmap("Reds")(np.linspace(0.45, 0.9, max(1, sum(e.is_run for e in entries))))
-    ref_i = run_i = 0
-    x = np.arange(len(tasks))
-    for i, entry in enumerate(entries):
-        heights = np.array([entry.values.get(t, np.nan) for t in tasks], dtype=float)
-        if entry.is_run:
-            color, run_i = run_colors[run_i], run_i + 1
-            low = np.array([entry.ci.get(t, (np.nan, np.nan))[0] for t in tasks])
-            high = np.array([entry.ci.get(t, (np.nan, np.nan))[1] for t in tasks])
-            errors = np.vstack([np.nan_to_num(heights - low), np.nan_to_num(high - heights)])
-            errors = np.clip(errors, 0, None)
-        else:
-            color, ref_i = reference_colors[ref_i], ref_i + 1
-            errors = None
-        label = f"{entry.model} ({'yours' if entry.is_run else entry.provenance.get('source', '')})"
-        ax.bar(x - 0.4 + width * (i + 0.5), np.nan_to_num(heights), width, color=color, label=label,
-               yerr=errors, capsize=1.5, error_kw={"elinewidth": 0.7})
-    ax.set_xticks(x, tasks, rotation=30, ha="right")
+    references = [e for e in entries if not e.is_run]
+    runs = [e for e in entries if e.is_run]
+    palette = plt.get_cmap("tab20")
+    colors = {id(e): palette(i % 20) for i, e in enumerate(references)}
+    run_palette = plt.get_cmap("autumn")
+    colors.update({id(e): run_palette(0.15 + 0.6 * i / max(1, len(runs))) for i, e in enumerate(runs)})
+    figure, ax = plt.subplots(figsize=(max(8.0, 1.2 * len(tasks) + 3), 5.2))
+    for j, task in enumerate(tasks):
+        present = [e for e in entries if np.isfinite(e.values.get(task, np.nan))]
+        if not present:
+            continue
+        width = min(0.82 / len(present), 0.3)
+        for i, entry in enumerate(present):
+            height = entry.values[task]
+            error = None
+            if entry.is_run and task in entry.ci:
+                low, high = entry.ci[task]
+                error = np.array([[max(0.0, height - low)], [max(0.0, high - height)]])
+            ax.bar(j - 0.41 + width * (i + 0.5), height, width * 0.95, color=colors[id(entry)],
+                   edgecolor="#d64545" if entry.is_run else "none", linewidth=0.8,
+                   yerr=error, capsize=2, error_kw={"elinewidth": 0.8})
+    handles = [Patch(color=colors[id(e)], label=f"{e.model} ({'your run' if e.is_run else 'published'})")
+               for e in runs + references]
+    ax.set_xticks(np.arange(len(tasks)), tasks, rotation=30, ha="right")
     ax.set_ylabel("Pearson r (mean over genes, then folds)")
     ax.set_title("HEST: gene-expression prediction per task")
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=7, ncol=2, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    ax.set_axisbelow(True)
+    ax.legend(handles=handles, fontsize=7.5, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return _png(figure)
 
 
