@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from threadpoolctl import threadpool_limits
+from tqdm.auto import tqdm
 
 from pathbench.benches.hest_protocol import (
     DEFAULT_HEAD,
@@ -97,6 +98,7 @@ def evaluate_task(
     embed: EmbeddingSource,
     head: str = DEFAULT_HEAD,
     seed: int = DEFAULT_SEED,
+    progress: bool = False,
 ) -> tuple[list[dict], list[dict], list[str]]:
     """Run every fold of ``task``; return (fold rows, gene rows, notes).
 
@@ -122,7 +124,7 @@ def evaluate_task(
     gene_rows: list[dict] = []
     notes: list[str] = []
     capped: list[str] = []
-    for fold in task.folds:
+    for fold in tqdm(task.folds, desc=f"{task.name} folds ({head})", unit="fold", disable=not progress):
         x_train = _concat([embeddings[s] for s in fold.train])
         y_train = _concat([targets[s] for s in fold.train])
         groups = np.concatenate([np.full(len(embeddings[s]), i) for i, s in enumerate(fold.train)])
@@ -183,6 +185,7 @@ def evaluate_hest(
     embed: EmbeddingSource,
     head: str = DEFAULT_HEAD,
     seed: int = DEFAULT_SEED,
+    progress: bool = False,
 ) -> HestResult:
     """Evaluate embeddings on HEST tasks with HEST's protocol; see :func:`evaluate_task`."""
     if not tasks:
@@ -193,7 +196,7 @@ def evaluate_hest(
     gene_rows: list[dict] = []
     notes: list[str] = []
     for task in tasks:
-        f, g, n = evaluate_task(task, embed, head=head, seed=seed)
+        f, g, n = evaluate_task(task, embed, head=head, seed=seed, progress=progress)
         fold_rows += f
         gene_rows += g
         notes += n
@@ -359,7 +362,7 @@ def run(args: argparse.Namespace, bench_options: str | None) -> int:
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", HestWarning)   # printed below, once, with the results
-        result = evaluate_hest(loaded, embed, head=head, seed=seed)
+        result = evaluate_hest(loaded, embed, head=head, seed=seed, progress=not getattr(args, "no_progress", False))
 
     out = cli_common.results_dir(args, "hest", model_name)
     write_csv(out / "folds.csv", result.folds)
