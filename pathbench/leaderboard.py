@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import base64
 import dataclasses
+import hashlib
 import html
 import io
 import json
@@ -358,6 +359,8 @@ class Run:
     notes: list[str] = dataclasses.field(default_factory=list)
     tasks: tuple[str, ...] = ()
     tiles_per_s: float | None = None
+    pairs: pd.DataFrame | None = dataclasses.field(default=None, repr=False)  # PLISM: pairs.csv with pair ids
+    boot_cache: dict = dataclasses.field(default_factory=dict, repr=False)
 
     @property
     def params(self) -> float | None:
@@ -576,15 +579,14 @@ def _read_plism(path: Path, run_json: dict[str, Any]) -> Run:
             notes.append(f"run.json records leaderboard score {published_score:.4f}, pairs.csv gives {computed_score:.4f}")
     else:
         values["leaderboard_score"] = computed_score
+    # the score has no per-pair value; its "units" are the pairs (positions), resampled within groups
     units["leaderboard_score"] = pd.Series(np.arange(len(pairs), dtype=float), index=pairs["pair"].to_numpy())
     n_tiles = _plism_n_tiles(run_json)
     protocol, detail = _plism_protocol(run_json, len(slides), n_tiles)
     pooling, precision = _pooling_precision(run_json)
     run = Run(bench="plism", model=_model_name(path, run_json), path=path, run_json=run_json, protocol=protocol,
               protocol_detail=detail, data_id=_data_id(run_json), pooling=pooling, precision=precision,
-              values=values, units=units, extras=extras, notes=notes)
-    run._pairs = pairs  # type: ignore[attr-defined]  # kept for the composite score statistics
-    run._groups = group  # type: ignore[attr-defined]
+              values=values, units=units, extras=extras, notes=notes, pairs=pairs)
     return run
 
 
@@ -1098,42 +1100,60 @@ def _aligned(a: pd.Series, b: pd.Series) -> tuple[np.ndarray, np.ndarray, np.nda
     return shared.to_numpy(), a.loc[shared].to_numpy(float), b.loc[shared].to_numpy(float)
 
 
+def _score_statistic(run: Run, ids: np.ndarray):
+    """(statistic on index batches, strata) of the PLISM leaderboard score on pairs ``ids``."""
+    pairs = run.pairs.set_index("pair").loc[ids]
+    groups = plism_pair_groups(pairs)
+    make = _plism_score_statistic(groups)
+    return make(pairs["cosine_similarity"].to_numpy(float), pairs["top_10_accuracy"].to_numpy(float)), groups
+
+
+def _distribution(bench: str, column: str, run: Run, ids: np.ndarray, *, n_boot: int, seed: int) -> np.ndarray:
+    """Bootstrap distribution (n_boot,) of a column's statistic over units ``ids`` of a run.
+
+    Cached per run: the distribution behind a run's CI is reused by its paired comparisons
+    whenever they cover the same units (the resamples depend only on the units).
+    """
+    digest = hashlib.sha1("\n".join(map(str, ids)).encode()).hexdigest()
+    key = (column, n_boot, seed, digest)
+    if key not in run.boot_cache:
+        if bench == "plism" and column == "leaderboard_score":
+            statistic, groups = _score_statistic(run, ids)
+            distribution = statistic(stats.resample_index(len(ids), n_boot, seed, groups))
+        else:
+            values = run.units[column].loc[ids].to_numpy(float)
+            statistic, strata = column_statistic(bench, column, ids)
+            distribution = stats.bootstrap_distribution(values, statistic, n_boot=n_boot, seed=seed, strata=strata)
+        run.boot_cache[key] = distribution
+    return run.boot_cache[key]
+
+
+def _point(bench: str, column: str, run: Run, ids: np.ndarray) -> float:
+    """The column's statistic on exactly the units ``ids`` (no resampling)."""
+    if bench == "plism" and column == "leaderboard_score":
+        statistic, _ = _score_statistic(run, ids)
+        return float(statistic(np.arange(len(ids))[None, :])[0])
+    statistic, _ = column_statistic(bench, column, ids)
+    return float(statistic(run.units[column].loc[ids].to_numpy(float)[None, :])[0])
+
+
 def _compare_pair(bench: str, column: str, protocol: str, best: Entry, other: Entry, *, n_boot: int,
                   seed: int) -> Comparison | None:
-    if bench == "plism" and column == "leaderboard_score":
-        return _compare_plism_score(protocol, best, other, n_boot=n_boot, seed=seed)
     ids, a, b = _aligned(best.run.units[column], other.run.units[column])
     keep = np.isfinite(a) & np.isfinite(b)
     ids, a, b = ids[keep], a[keep], b[keep]
     if len(ids) == 0:
         return None
-    statistic, strata = column_statistic(bench, column, ids)
-    low, high, _ = stats.paired_bootstrap(a, b, statistic, n_boot=n_boot, seed=seed, strata=strata)
-    test = stats.wilcoxon_signed_rank(a, b)
-    difference = float(statistic(a[None, :])[0] - statistic(b[None, :])[0])
-    return Comparison(column, protocol, best.model, other.model, len(ids), difference, low, high,
-                      f"Wilcoxon signed-rank ({test.method})", test.pvalue)
-
-
-def _compare_plism_score(protocol: str, best: Entry, other: Entry, *, n_boot: int, seed: int) -> Comparison | None:
-    pa, pb = best.run._pairs.set_index("pair"), other.run._pairs.set_index("pair")  # type: ignore[attr-defined]
-    shared = pa.index.intersection(pb.index)
-    if len(shared) == 0:
-        return None
-    pa, pb = pa.loc[shared], pb.loc[shared]
-    groups = plism_pair_groups(pa.reset_index())
-    make = _plism_score_statistic(groups)
-    stat_a = make(pa["cosine_similarity"].to_numpy(float), pa["top_10_accuracy"].to_numpy(float))
-    stat_b = make(pb["cosine_similarity"].to_numpy(float), pb["top_10_accuracy"].to_numpy(float))
-    positions = np.arange(len(shared), dtype=float)
-    index = stats._resample_index(len(shared), n_boot, seed, groups)
-    diff = stat_a(index) - stat_b(index)
-    diff = diff[np.isfinite(diff)]
-    low, high = np.quantile(diff, [0.025, 0.975]) if len(diff) else (np.nan, np.nan)
-    pvalue = float(min(1.0, 2 * min(np.mean(diff <= 0), np.mean(diff >= 0)))) if len(diff) else float("nan")
-    difference = float(stat_a(positions[None, :])[0] - stat_b(positions[None, :])[0])
-    return Comparison("leaderboard_score", protocol, best.model, other.model, len(shared), difference,
-                      float(low), float(high), "paired bootstrap (pairs resampled within groups)", pvalue)
+    low, high, boot_p = stats.paired_interval(_distribution(bench, column, best.run, ids, n_boot=n_boot, seed=seed),
+                                              _distribution(bench, column, other.run, ids, n_boot=n_boot, seed=seed))
+    difference = _point(bench, column, best.run, ids) - _point(bench, column, other.run, ids)
+    if bench == "plism" and column == "leaderboard_score":
+        # a mean of four group medians has no per-pair value to rank: paired bootstrap test
+        test, pvalue = "paired bootstrap (pairs resampled within groups)", boot_p
+    else:
+        result = stats.wilcoxon_signed_rank(a, b)
+        test, pvalue = f"Wilcoxon signed-rank ({result.method})", result.pvalue
+    return Comparison(column, protocol, best.model, other.model, len(ids), difference, low, high, test, pvalue)
 
 
 def _confidence_intervals(bench: str, entry: Entry, keys: Sequence[str], *, n_boot: int, seed: int) -> None:
@@ -1141,21 +1161,11 @@ def _confidence_intervals(bench: str, entry: Entry, keys: Sequence[str], *, n_bo
     for column in keys:
         if column not in run.units or not np.isfinite(entry.values.get(column, np.nan)):
             continue
-        if bench == "plism" and column == "leaderboard_score":
-            pairs = run._pairs  # type: ignore[attr-defined]
-            groups = run._groups  # type: ignore[attr-defined]
-            make = _plism_score_statistic(groups)
-            statistic = make(pairs["cosine_similarity"].to_numpy(float), pairs["top_10_accuracy"].to_numpy(float))
-            index = stats._resample_index(len(pairs), n_boot, seed, groups)
-            boot = statistic(index)
-            entry.ci[column] = stats._percentile_interval(boot, 0.95)
-            continue
         series = run.units[column].dropna()
         if len(series) == 0:
             continue
-        statistic, strata = column_statistic(bench, column, series.index.to_numpy())
-        entry.ci[column] = stats.bootstrap_ci(series.to_numpy(float), statistic, n_boot=n_boot, seed=seed,
-                                              strata=strata)
+        distribution = _distribution(bench, column, run, series.index.to_numpy(), n_boot=n_boot, seed=seed)
+        entry.ci[column] = stats.percentile_interval(distribution, 0.95)
 
 
 # --------------------------------------------------------------------------------------
@@ -1541,6 +1551,9 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write(text)
     for skipped in board.skipped:
         print(f"warning: {skipped.describe()}", file=sys.stderr)
+    if not board.runs and not board.skipped:
+        print(f"note: no {args.bench} run under {args.results} (expected <results>/{args.bench}/<model>/run.json); "
+              "the table shows the reference rows only.", file=sys.stderr)
     return 0
 
 

@@ -16,6 +16,7 @@ each number can be checked by hand:
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -168,14 +169,31 @@ def bootstrap_ci(
         values: (n,) or (n, k) float array; rows are resampled with replacement.
         statistic: maps a (B, n) or (B, n, k) batch of resamples to (B,) statistics.
         strata: optional (n,) labels; rows are resampled within each stratum, keeping
-            stratum sizes (used when a column mixes groups of fixed size).
+            stratum sizes and positions (used when a column averages over groups).
     Returns:
         (low, high) at ``level``.
     """
+    distribution = bootstrap_distribution(values, statistic, n_boot=n_boot, seed=seed, strata=strata)
+    return percentile_interval(distribution, level)
+
+
+def bootstrap_distribution(
+    values: np.ndarray,
+    statistic: Callable[[np.ndarray], np.ndarray],
+    *,
+    n_boot: int = 2000,
+    seed: int = 0,
+    strata: np.ndarray | None = None,
+) -> np.ndarray:
+    """(B,) values of ``statistic`` on B resamples of ``values`` (see :func:`bootstrap_ci`).
+
+    The resamples depend only on (n, n_boot, seed, strata), so two models measured on the
+    same units get the same resamples: their distributions can be subtracted to bootstrap
+    the paired difference (:func:`paired_interval`).
+    """
     values = np.asarray(values, dtype=np.float64)
-    index = _resample_index(len(values), n_boot, seed, strata)
-    stats = np.asarray(statistic(values[index]), dtype=np.float64)
-    return _percentile_interval(stats, level)
+    index = resample_index(len(values), n_boot, seed, strata)
+    return np.asarray(statistic(values[index]), dtype=np.float64)
 
 
 def paired_bootstrap(
@@ -198,9 +216,16 @@ def paired_bootstrap(
     b = np.asarray(b, dtype=np.float64)
     if a.shape != b.shape:
         raise PathbenchError(f"paired_bootstrap needs values on the same units, got shapes {a.shape} and {b.shape}.")
-    index = _resample_index(len(a), n_boot, seed, strata)
-    diff = np.asarray(statistic(a[index]), dtype=np.float64) - np.asarray(statistic(b[index]), dtype=np.float64)
-    low, high = _percentile_interval(diff, level)
+    boot_a = bootstrap_distribution(a, statistic, n_boot=n_boot, seed=seed, strata=strata)
+    boot_b = bootstrap_distribution(b, statistic, n_boot=n_boot, seed=seed, strata=strata)
+    return paired_interval(boot_a, boot_b, level)
+
+
+def paired_interval(boot_a: np.ndarray, boot_b: np.ndarray, level: float = 0.95) -> tuple[float, float, float]:
+    """Interval and two-sided p-value of the difference of two bootstrap distributions
+    computed on the same resamples (see :func:`paired_bootstrap`)."""
+    diff = np.asarray(boot_a, dtype=np.float64) - np.asarray(boot_b, dtype=np.float64)
+    low, high = percentile_interval(diff, level)
     finite = diff[np.isfinite(diff)]
     if len(finite) == 0:
         return low, high, float("nan")
@@ -208,25 +233,45 @@ def paired_bootstrap(
     return low, high, float(pvalue)
 
 
-def _resample_index(n: int, n_boot: int, seed: int, strata: np.ndarray | None) -> np.ndarray:
+_INDEX_CACHE: dict[tuple, np.ndarray] = {}
+_INDEX_CACHE_SIZE = 16
+
+
+def resample_index(n: int, n_boot: int, seed: int = 0, strata: np.ndarray | None = None) -> np.ndarray:
+    """(n_boot, n) int64 bootstrap indices, drawn with ``numpy.random.default_rng(seed)``.
+
+    With ``strata``, position j always holds a unit of the same stratum as unit j. The
+    result is cached (read-only): a leaderboard asks for the same resamples many times.
+    """
     if n == 0:
         raise PathbenchError("cannot bootstrap an empty set of values.")
+    strata_key = None if strata is None else hashlib.sha1(np.asarray(strata).astype(str).tobytes()).hexdigest()
+    key = (n, n_boot, seed, strata_key)
+    if key in _INDEX_CACHE:
+        return _INDEX_CACHE[key]
     rng = np.random.default_rng(seed)
     if strata is None:
-        return rng.integers(0, n, size=(n_boot, n))
-    strata = np.asarray(strata)
-    index = np.empty((n_boot, n), dtype=np.int64)
-    for label in np.unique(strata):
-        members = np.flatnonzero(strata == label)
-        picks = rng.integers(0, len(members), size=(n_boot, len(members)))
-        index[:, members] = members[picks]
+        index = rng.integers(0, n, size=(n_boot, n))
+    else:
+        strata = np.asarray(strata)
+        index = np.empty((n_boot, n), dtype=np.int64)
+        for label in np.unique(strata):
+            members = np.flatnonzero(strata == label)
+            picks = rng.integers(0, len(members), size=(n_boot, len(members)))
+            index[:, members] = members[picks]
+    index.flags.writeable = False
+    if len(_INDEX_CACHE) >= _INDEX_CACHE_SIZE:
+        _INDEX_CACHE.pop(next(iter(_INDEX_CACHE)))
+    _INDEX_CACHE[key] = index
     return index
 
 
-def _percentile_interval(stats: np.ndarray, level: float) -> tuple[float, float]:
-    stats = stats[np.isfinite(stats)]
-    if len(stats) == 0:
+def percentile_interval(distribution: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """Central ``level`` interval of a bootstrap distribution (NaNs ignored)."""
+    distribution = np.asarray(distribution, dtype=np.float64)
+    distribution = distribution[np.isfinite(distribution)]
+    if len(distribution) == 0:
         return float("nan"), float("nan")
     alpha = (1.0 - level) / 2.0
-    low, high = np.quantile(stats, [alpha, 1.0 - alpha])
+    low, high = np.quantile(distribution, [alpha, 1.0 - alpha])
     return float(low), float(high)
