@@ -487,3 +487,19 @@ def test_data_resolution_for_local_folders_and_synthetic_tasks(synthetic_root, t
         resolve_data(str(tmp_path / "nowhere"), None, None)
     with pytest.raises(DataError, match="synthetic HEST has no task IDC"):
         resolve_data("synthetic", ["IDC"], tmp_path)
+
+
+@pytest.mark.filterwarnings("ignore:Variable names are not unique")
+def test_sparse_counts_and_repeated_other_genes_read_the_same(synthetic_root, data_copy):
+    import scipy.sparse
+
+    before = evaluate_hest(load_tasks(synthetic_root, ("SYN_B",)), pixel_features)
+    for path in data_copy.glob("SYN_B/adata/*.h5ad"):
+        adata = anndata.read_h5ad(path)
+        names = list(adata.var_names)
+        names[-1] = names[-2]                      # a signal-free gene repeated, as gene symbols can be
+        adata.var_names = names
+        adata.X = scipy.sparse.csr_matrix(adata.X)
+        adata.write_h5ad(path)
+    after = evaluate_hest(load_tasks(data_copy, ("SYN_B",)), pixel_features)
+    np.testing.assert_array_equal(after.folds.pearson_mean, before.folds.pearson_mean)

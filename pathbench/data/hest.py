@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import re
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -257,7 +258,9 @@ def read_expression(expr_path: str | os.PathLike, genes: Sequence[str], barcodes
     if not expr_path.is_file():
         raise DataError(f"expression file {expr_path} of sample {sample_id} is missing; every sample of a "
                         "split needs its adata/<sample_id>.h5ad.")
-    adata = anndata.read_h5ad(expr_path)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Variable names are not unique")   # handled below
+        adata = anndata.read_h5ad(expr_path)
     obs = pd.Index(adata.obs_names.astype(str))
     if not obs.is_unique:
         raise DataError(f"{expr_path} (sample {sample_id}) has duplicate spot barcodes in obs_names.")
@@ -268,7 +271,13 @@ def read_expression(expr_path: str | os.PathLike, genes: Sequence[str], barcodes
                         f"{expr_path} (first: {', '.join(absent[:3])}). The patches and the h5ad must describe "
                         "the same spots.")
     var = pd.Index(adata.var_names.astype(str))
-    cols = var.get_indexer(list(genes))
+    # other genes may repeat (gene symbols often do); the benchmark's genes must not
+    repeated = sorted(set(genes) & set(var[var.duplicated()]))
+    if repeated:
+        raise DataError(f"sample {sample_id}: gene(s) {', '.join(repeated[:5])} appear more than once in "
+                        f"{expr_path}; each benchmark gene needs one column.")
+    position = {name: i for i, name in enumerate(var)}
+    cols = np.array([position.get(g, -1) for g in genes], dtype=np.int64)
     missing_genes = [g for g, c in zip(genes, cols, strict=True) if c < 0]
     if missing_genes:
         raise DataError(f"sample {sample_id}: gene(s) {', '.join(missing_genes[:5])} of the gene list are "
