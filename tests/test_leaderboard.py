@@ -442,3 +442,26 @@ def test_eva_runs_with_non_default_probe_settings_form_their_own_protocol(tmp_pa
     assert protocols["default-probe"] == "eva-2024"
     assert protocols["short-probe"] == "eva-real-max1000steps-batch8"
     assert not board.comparisons
+
+
+def test_results_written_by_the_plism_benchmark_are_read_and_compared(tmp_path):
+    from pathbench.benches.plism import evaluate_plism
+    from pathbench.provenance import provenance
+
+    slides = [f"{st}_{sc}_to_GMH_S60" for st in STAININGS for sc in SCANNERS]
+    rng = np.random.default_rng(0)
+    tissue = rng.normal(size=(40, 16)).astype(np.float32)
+    for model, noise in (("sharp-model", 0.3), ("blurry-model", 1.5)):
+        features = {s: tissue + noise * rng.normal(size=tissue.shape).astype(np.float32) for s in slides}
+        record = provenance(model={"name": model, "source": "test features"}, pooling="cls")
+        record.update(benchmark="plism", model_name=model, n_tiles_per_slide=40, slides=slides,
+                      data={"kind": "synthetic", "key": "test"}, tile_subset={"spec": "all"})
+        evaluate_plism(features, slides, tmp_path / "plism" / model, settings={"slides": slides}, run_record=record,
+                       backend="torch", device="cpu", progress=False)
+    board = lb.build_leaderboard("plism", tmp_path, "plismbench", n_boot=N_BOOT)
+    assert not board.skipped
+    group = next(g for g in board.groups if any(e.is_run for e in g.entries))
+    assert group.protocol == "plism-synthetic-9x40"
+    assert [e.model for e in group.entries] == ["sharp-model", "blurry-model"]
+    blurry = group.entries[1]
+    assert blurry.significance["cosine_all"].significant  # 36 pairs, all better: exact p = 2 / 2**36
