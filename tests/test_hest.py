@@ -446,6 +446,9 @@ def test_evaluate_with_a_model_on_synthetic_data_writes_every_output(tmp_path, c
     assert len(folds) == 3 and (folds.n_genes == 50).all() and (folds.n_test_spots == 48).all()
     genes = pd.read_csv(out / "genes.csv")
     assert list(genes.columns[:4]) == ["task", "fold", "gene", "pearson"] and len(genes) == 150
+    samples = pd.read_csv(out / "samples.csv")
+    assert list(samples.columns) == ["task", "fold", "sample_id", "pearson_mean", "n_genes", "n_spots"]
+    assert len(samples) == 3 and samples.pearson_mean.notna().all()
     summary = pd.read_csv(out / "summary.csv")
     assert summary.task.tolist() == ["SYN_A", "average"]
     assert list(summary.columns) == ["task", "pearson_mean", "pearson_std", "n_folds"]
@@ -503,3 +506,25 @@ def test_sparse_counts_and_repeated_other_genes_read_the_same(synthetic_root, da
         adata.write_h5ad(path)
     after = evaluate_hest(load_tasks(data_copy, ("SYN_B",)), pixel_features)
     np.testing.assert_array_equal(after.folds.pearson_mean, before.folds.pearson_mean)
+
+
+def test_per_sample_scores_use_each_test_sample_alone(synthetic_root):
+    tasks = load_tasks(synthetic_root, ("SYN_B",))
+    result = evaluate_hest(tasks, pixel_features)
+    assert len(result.samples) == 4 and (result.samples.n_spots == 24).all()
+    head = RidgePCAHead(seed=1)
+    fold = tasks[0].folds[1]
+    x_train, y_train = [], []
+    for sample_id in fold.train:
+        barcodes, x = pixel_features(None, tasks[0].samples[sample_id])
+        adata = anndata.read_h5ad(tasks[0].samples[sample_id].expr_path)[barcodes][:, tasks[0].genes]
+        x_train.append(x)
+        y_train.append(np.log1p(np.asarray(adata.X, dtype=np.float64)))
+    head.fit(np.concatenate(x_train), np.concatenate(y_train))
+    sample_id = fold.test[1]
+    barcodes, x = pixel_features(None, tasks[0].samples[sample_id])
+    adata = anndata.read_h5ad(tasks[0].samples[sample_id].expr_path)[barcodes][:, tasks[0].genes]
+    truth, preds = np.log1p(np.asarray(adata.X, dtype=np.float64)), head.predict(x)
+    expected = np.mean([pearsonr(truth[:, g], preds[:, g])[0] for g in range(50) if truth[:, g].std() > 0])
+    row = result.samples.set_index("sample_id").loc[sample_id]
+    assert row.fold == 1 and row.pearson_mean == pytest.approx(expected, abs=1e-6)

@@ -57,6 +57,7 @@ from pathbench.errors import DataError, PathbenchError
 FOLD_COLUMNS = ["task", "fold", "pearson_mean", "n_genes", "n_train_spots", "n_test_spots",
                 "n_excluded_genes", "n_components", "alpha"]
 GENE_COLUMNS = ["task", "fold", "gene", "pearson", "excluded"]
+SAMPLE_COLUMNS = ["task", "fold", "sample_id", "pearson_mean", "n_genes", "n_spots"]
 SUMMARY_COLUMNS = ["task", "pearson_mean", "pearson_std", "n_folds"]
 _SINGLE_THREAD_BELOW = 2_000_000   # elements of the training matrix
 # How the seed paper's Table 1 names HEST's task folders.
@@ -77,6 +78,7 @@ class HestResult:
     folds: pd.DataFrame
     genes: pd.DataFrame
     summary: pd.DataFrame
+    samples: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=SAMPLE_COLUMNS))
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -99,10 +101,12 @@ def evaluate_task(
     head: str = DEFAULT_HEAD,
     seed: int = DEFAULT_SEED,
     progress: bool = False,
-) -> tuple[list[dict], list[dict], list[str]]:
-    """Run every fold of ``task``; return (fold rows, gene rows, notes).
+) -> tuple[list[dict], list[dict], list[dict], list[str]]:
+    """Run every fold of ``task``; return (fold rows, gene rows, sample rows, notes).
 
-    Each sample is embedded (``embed``) and its expression read once, however many folds
+    Sample rows score each test sample alone (the mean over genes of the Pearson r over
+    that sample's spots, genes constant within it left out); the fold score stays HEST's,
+    over the pooled test spots. Each sample is embedded (``embed``) and its expression read once, however many folds
     use it. Samples are pooled in the order of the split csv, spots in the order of the
     embedding source, and targets are matched to spots by barcode.
     """
@@ -122,6 +126,7 @@ def evaluate_task(
 
     fold_rows: list[dict] = []
     gene_rows: list[dict] = []
+    sample_rows: list[dict] = []
     notes: list[str] = []
     capped: list[str] = []
     for fold in tqdm(task.folds, desc=f"{task.name} folds ({head})", unit="fold", disable=not progress):
@@ -154,6 +159,14 @@ def evaluate_task(
                            "Pearson r undefined).")
                 notes.append(message)
                 warnings.warn(message, HestWarning, stacklevel=2)
+        start = 0
+        for sample_id in fold.test:
+            stop = start + len(embeddings[sample_id])
+            alone = (pearson_per_gene(y_test[start:stop], predictions[start:stop]) if stop - start >= 2 else None)
+            sample_rows.append({"task": task.name, "fold": fold.index, "sample_id": sample_id,
+                                "pearson_mean": alone.mean if alone else math.nan,
+                                "n_genes": alone.n_valid if alone else 0, "n_spots": stop - start})
+            start = stop
         fold_rows.append({
             "task": task.name, "fold": fold.index, "pearson_mean": correlations.mean,
             "n_genes": correlations.n_valid, "n_train_spots": int(x_train.shape[0]),
@@ -163,7 +176,7 @@ def evaluate_task(
     if capped:
         notes.append(f"{task.name}: PCA kept fewer than {DEFAULT_N_COMPONENTS} components, min(training spots, "
                      f"features), in fold(s) {', '.join(capped)}; see n_components in folds.csv.")
-    return fold_rows, gene_rows, notes
+    return fold_rows, gene_rows, sample_rows, notes
 
 
 def summarize(folds: pd.DataFrame) -> pd.DataFrame:
@@ -194,15 +207,18 @@ def evaluate_hest(
         raise PathbenchError(f"unknown HEST head {head!r}: expected one of {', '.join(HEADS)}.")
     fold_rows: list[dict] = []
     gene_rows: list[dict] = []
+    sample_rows: list[dict] = []
     notes: list[str] = []
     for task in tasks:
-        f, g, n = evaluate_task(task, embed, head=head, seed=seed, progress=progress)
+        f, g, s, n = evaluate_task(task, embed, head=head, seed=seed, progress=progress)
         fold_rows += f
         gene_rows += g
+        sample_rows += s
         notes += n
     folds = pd.DataFrame(fold_rows, columns=FOLD_COLUMNS)
     return HestResult(folds=folds, genes=pd.DataFrame(gene_rows, columns=GENE_COLUMNS),
-                      summary=summarize(folds), notes=notes)
+                      summary=summarize(folds), samples=pd.DataFrame(sample_rows, columns=SAMPLE_COLUMNS),
+                      notes=notes)
 
 
 def extractor_embeddings(extractor, pooling: str, **extraction_options) -> EmbeddingSource:
@@ -368,6 +384,7 @@ def run(args: argparse.Namespace, bench_options: str | None) -> int:
     write_csv(out / "folds.csv", result.folds)
     write_csv(out / "genes.csv", result.genes)
     write_csv(out / "summary.csv", result.summary)
+    write_csv(out / "samples.csv", result.samples)
     settings = {
         "bench": "hest", "protocol": "HEST-Benchmark default (StandardScaler + PCA + lsqr ridge, Pearson per gene)",
         "model_name": model_name, "head": head, "seed": seed, "tasks": tasks,
