@@ -919,6 +919,7 @@ def build_leaderboard(bench: str, results: str | Path = DEFAULT_RESULTS, referen
     # everywhere when there is no reference.
     shown_extras = [k for k in keys if bench != "plism" or not references or any(k in e.extras for e in references)]
     run_entries = [_run_entry(run, keys, shown_extras) for run in runs]
+    _disambiguate(run_entries)
     by_protocol: dict[str, list[Entry]] = {}
     for entry in run_entries:
         by_protocol.setdefault(entry.protocol, []).append(entry)
@@ -970,9 +971,24 @@ def _run_entry(run: Run, keys: Sequence[str], shown_extras: Sequence[str]) -> En
     return entry
 
 
+def _disambiguate(entries: Sequence[Entry]) -> None:
+    """Runs of one model under one protocol (other pooling, other folder) get distinct names."""
+    by_name: dict[tuple[str, str], list[Entry]] = {}
+    for entry in entries:
+        by_name.setdefault((entry.protocol, entry.model), []).append(entry)
+    for (_, model), same in by_name.items():
+        if len(same) < 2:
+            continue
+        poolings = [e.pooling for e in same]
+        for entry in same:
+            tag = entry.pooling if len(set(poolings)) == len(poolings) else entry.run.path.name
+            entry.model = f"{model} [{tag}]"
+            entry.model_key = _normalise(model)
+
+
 def _same_model(run_entry: Entry, reference: Entry) -> bool:
-    return _normalise(run_entry.model) == _normalise(reference.model_key) or \
-        _normalise(run_entry.model) == _normalise(reference.model)
+    name = _normalise(run_entry.run.model if run_entry.run is not None else run_entry.model)
+    return name in (_normalise(reference.model_key), _normalise(reference.model))
 
 
 def _merge_reference(run_entry: Entry, reference: Entry, keys: Sequence[str]) -> None:

@@ -210,7 +210,7 @@ def paired_bootstrap(
 
     Returns:
         (low, high, pvalue): the percentile interval of the difference and a two-sided
-        bootstrap p-value, 2 * min(P(diff <= 0), P(diff >= 0)), clipped to 1.
+        bootstrap p-value, 2 * (min(#(diff <= 0), #(diff >= 0)) + 1) / (B + 1), clipped to 1.
     """
     a = np.asarray(a, dtype=np.float64)
     b = np.asarray(b, dtype=np.float64)
@@ -229,7 +229,9 @@ def paired_interval(boot_a: np.ndarray, boot_b: np.ndarray, level: float = 0.95)
     finite = diff[np.isfinite(diff)]
     if len(finite) == 0:
         return low, high, float("nan")
-    pvalue = min(1.0, 2.0 * min(np.mean(finite <= 0), np.mean(finite >= 0)))
+    # (k + 1) / (B + 1): a bootstrap p-value is never exactly zero
+    below, above = np.sum(finite <= 0), np.sum(finite >= 0)
+    pvalue = min(1.0, 2.0 * (min(below, above) + 1) / (len(finite) + 1))
     return low, high, float(pvalue)
 
 

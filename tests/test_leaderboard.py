@@ -465,3 +465,15 @@ def test_results_written_by_the_plism_benchmark_are_read_and_compared(tmp_path):
     assert [e.model for e in group.entries] == ["sharp-model", "blurry-model"]
     blurry = group.entries[1]
     assert blurry.significance["cosine_all"].significant  # 36 pairs, all better: exact p = 2 / 2**36
+
+
+def test_two_runs_of_one_model_get_distinct_names(tmp_path):
+    cls_run = write_plism_run(tmp_path, "h0-mini", folder="h0-mini-cls", seed=1)
+    both = write_plism_run(tmp_path, "h0-mini", folder="h0-mini-cls-mean", seed=2)
+    record = json.loads((both / "run.json").read_text())
+    (both / "run.json").write_text(json.dumps({**record, "pooling": "cls+mean"}))
+    assert cls_run.exists()
+    board = lb.build_leaderboard("plism", tmp_path, "plismbench", n_boot=N_BOOT)
+    names = sorted(e.model for e in board.entries if e.is_run)
+    assert names == ["h0-mini [cls+mean]", "h0-mini [cls]"]
+    assert {c.other for c in board.comparisons} <= set(names)
