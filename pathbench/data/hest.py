@@ -374,6 +374,7 @@ def download_hest_bench(tasks: Sequence[str], local_dir: str | os.PathLike | Non
     root = Path(root)
     absent = [t for t in tasks if not (root / t / "splits").is_dir()]
     if absent:
-        raise DataError(f"task(s) {', '.join(absent)} not found in {HEST_REPO_ID}; the leaderboard tasks are "
-                        f"{', '.join(HEST_TASKS)} (HCC is also shipped).")
+        raise DataError(f"task(s) {', '.join(absent)} not found in {root}, the copy of {HEST_REPO_ID} downloaded "
+                        f"or found in the hub cache. The leaderboard tasks are {', '.join(HEST_TASKS)} (HCC is also "
+                        "shipped); offline (HF_HUB_OFFLINE=1), only tasks downloaded before are there.")
     return root
