@@ -199,13 +199,23 @@ def _similarity_blocks(
                 yield r0, q[r0 : r0 + rows] @ db_t
 
 
+def _nonzero_2d(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``np.nonzero`` of a C-contiguous 2-D mask; the flat version is an order of magnitude faster."""
+    return np.divmod(np.flatnonzero(mask), mask.shape[1])
+
+
 def _topk_rows_numpy(block: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Top ``k`` (sorted, descending) of each row of a float32 block; ``k <= block.shape[1]``."""
     n_rows, n_cols = block.shape
-    # np.partition finds each row's k-th largest value several times faster than a
-    # top-k with indices; the (few) entries at or above it are then sorted exactly.
-    kth = np.partition(block, n_cols - k, axis=1)[:, n_cols - k]
-    rows, cols = np.nonzero(block >= kth[:, None])
+    # Split each row into k groups: the smallest of the k group maxima is at most the
+    # row's k-th largest value, so the entries at or above it (a few times k) contain the
+    # top k. Two streaming passes, several times faster than a partition or a top-k.
+    width = n_cols // k
+    maxima = block[:, : k * width].reshape(n_rows, k, width).max(axis=2)
+    if k * width < n_cols:
+        maxima[:, -1] = np.maximum(maxima[:, -1], block[:, k * width :].max(axis=1))
+    bound = maxima.min(axis=1)
+    rows, cols = _nonzero_2d(block >= bound[:, None])
     values = block[rows, cols]
     order = np.lexsort((cols, -values, rows))
     rows, cols, values = rows[order], cols[order], values[order]
@@ -347,12 +357,39 @@ class ThresholdCounts:
     col_ambiguous: np.ndarray | None
 
 
+def _mask_counts(mask: np.ndarray, axis: int) -> np.ndarray:
+    """Row (axis 1) or column (axis 0) counts of a C-contiguous bool mask whose width is a multiple of 8.
+
+    Eight mask bytes are added at once as one uint64 word; no byte lane can overflow
+    because at most 255 words are added before the lanes are unpacked.
+    """
+    rows, width = mask.shape
+    words = mask.view(np.uint64)
+    if axis == 0:
+        counts = np.zeros(width, dtype=np.int64)
+        for g0 in range(0, rows, 255):
+            counts += words[g0 : g0 + 255].sum(axis=0, dtype=np.uint64).view(np.uint8)
+        return counts
+    counts = np.zeros(rows, dtype=np.int64)
+    for g0 in range(0, width // 8, 255):
+        lanes = words[:, g0 : g0 + 255].sum(axis=1, dtype=np.uint64).view(np.uint8)
+        counts += lanes.reshape(rows, 8).sum(axis=1, dtype=np.int64)
+    return counts
+
+
 def _count_ge(block: np.ndarray | torch.Tensor, bound: Any, axis: int, scratch: np.ndarray | None) -> np.ndarray:
-    """Number of entries ``>= bound`` along ``axis`` (bound broadcast along the other axis)."""
+    """Number of entries ``>= bound`` along ``axis`` (bound broadcast along the other axis).
+
+    On the CPU ``scratch`` is a zeroed bool array at least as tall as ``block`` and as wide
+    as its width rounded up to a multiple of 8.
+    """
     shape = (-1, 1) if axis == 1 else (1, -1)
     if isinstance(block, np.ndarray):
-        mask = np.greater_equal(block, bound.reshape(shape), out=scratch[: block.shape[0]])
-        return mask.view(np.uint8).sum(axis=axis, dtype=np.int32).astype(np.int64)
+        rows, width = block.shape
+        mask = scratch[:rows]
+        np.greater_equal(block, bound.reshape(shape), out=mask[:, :width])
+        counts = _mask_counts(mask, axis)
+        return counts if axis == 1 else counts[:width]
     return (block >= bound.reshape(shape)).sum(dim=axis).cpu().numpy()
 
 
@@ -365,10 +402,10 @@ def _band_pairs(
     if isinstance(block, np.ndarray):
         if axis == 1:
             sub = block[select]
-            rows, cols = np.nonzero((sub >= lo[select, None]) & (sub < hi[select, None]))
+            rows, cols = _nonzero_2d((sub >= lo[select, None]) & (sub < hi[select, None]))
             return np.stack([select[rows], cols], axis=1).astype(np.int64)
         sub = block[:, select]
-        rows, cols = np.nonzero((sub >= lo[None, select]) & (sub < hi[None, select]))
+        rows, cols = _nonzero_2d((sub >= lo[None, select]) & (sub < hi[None, select]))
         return np.stack([rows, select[cols]], axis=1).astype(np.int64)
     sel = torch.from_numpy(select).to(block.device)
     if axis == 1:
@@ -435,7 +472,7 @@ def threshold_counts(
     for r0, block in _similarity_blocks(queries, database, block_rows, resolved):
         r1 = r0 + block.shape[0]
         if scratch is None and isinstance(block, np.ndarray):
-            scratch = np.empty(block.shape, dtype=bool)
+            scratch = np.zeros((block.shape[0], -(-n // 8) * 8), dtype=bool)
         _mask_excluded(block, excluded, r0)
         lo_d, hi_d = on_device(lo[r0:r1]), on_device(hi[r0:r1])
         sure = _count_ge(block, hi_d, 1, scratch)
