@@ -723,7 +723,9 @@ def _read_eva(path: Path, run_json: dict[str, Any]) -> Run:
         if frame.empty:
             raise RunReadError(f"runs.csv has no run for task {task} listed in summary.csv.")
         units[task] = pd.Series(frame["value"].to_numpy(float), index=frame["run"].astype(str).to_numpy())
-    average_tasks = [t for t in tasks if t not in EVA_EXCLUDED_FROM_AVERAGE]
+    # the ranking average: CRC, MHIST and PCam (the reference tables' patch tasks) when present
+    average_tasks = ([t for t in EVA_PATCH_AVERAGE if t in tasks]
+                     or [t for t in tasks if t not in EVA_EXCLUDED_FROM_AVERAGE])
     if average_tasks:
         per_run = pd.concat([units[t].rename(t) for t in average_tasks], axis=1)
         complete = per_run.dropna()
