@@ -397,6 +397,8 @@ def test_hub_download_asks_only_for_the_requested_tasks(monkeypatch, tmp_path):
     assert len(HEST_TASKS) == 9
     download_hest_bench(["IDC"], include_patches=False)     # precomputed embeddings: no patch files
     assert seen["allow_patterns"] == ["IDC/splits/*", "IDC/adata/*", "IDC/var_50genes.json"]
+    with pytest.raises(DataError, match="PAAD not found in .*HF_HUB_OFFLINE"):
+        download_hest_bench(["PAAD"])
 
 
 def test_gated_or_offline_hub_errors_say_what_to_do(monkeypatch):
