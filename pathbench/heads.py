@@ -250,7 +250,10 @@ def init_linear(in_features: int, out_features: int, seed: int) -> tuple[torch.T
 def _as_tensor(x, dtype: torch.dtype) -> torch.Tensor:
     if isinstance(x, torch.Tensor):
         return x.detach().to(dtype)
-    return torch.as_tensor(np.asarray(x), dtype=dtype)
+    array = np.asarray(x)
+    if not array.flags.writeable:  # e.g. a read-only memory map of the feature cache
+        array = array.copy()
+    return torch.as_tensor(array, dtype=dtype)
 
 
 class LinearProbe:

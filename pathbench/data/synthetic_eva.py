@@ -30,14 +30,14 @@ from PIL import Image
 from pathbench._io import read_json, write_csv, write_json
 from pathbench.data.eva import BACH_CLASSES, CRC_CLASSES, CRC_SPLIT_DIRS, MHIST_CLASSES, TASK_DATA
 
-GENERATOR_VERSION = 3
+GENERATOR_VERSION = 4
 
 # Items per class and split. BACH must have 100 per class (eva's split is fixed).
 DEFAULT_SIZES: dict[str, dict[str, int]] = {
     "bach": {"all": 100},
-    "crc": {"train": 8, "val": 4},
-    "mhist": {"train": 30, "test": 15},
-    "pcam": {"train": 64, "valid": 24, "test": 24},
+    "crc": {"train": 6, "val": 3},
+    "mhist": {"train": 20, "test": 10},
+    "pcam": {"train": 32, "valid": 16, "test": 16},
 }
 
 _HEMATOXYLIN = np.array([0.36, 0.22, 0.55])
