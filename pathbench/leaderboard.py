@@ -1031,12 +1031,13 @@ def _restrict_averages(bench: str, entries: list[Entry], keys: Sequence[str]) ->
 def column_statistic(bench: str, column: str, unit_ids: np.ndarray):
     """The statistic a column reports, as a function of a (B, n) batch of per-unit values.
 
-    PLISM columns are medians over pairs; HEST columns are means over genes, then over folds
-    (then over tasks for the average); EVA columns are means over runs. Returns
-    ``(statistic, strata)``; the bootstrap resamples units within ``strata``.
+    PLISM columns are medians over pairs (returned as ``"median"``, which the bootstrap
+    computes with :func:`pathbench.stats.resampled_medians`); HEST columns are means over
+    genes, then over folds (then over tasks for the average); EVA columns are means over
+    runs. Returns ``(statistic, strata)``; the bootstrap resamples units within ``strata``.
     """
     if bench == "plism":
-        return (lambda batch: np.median(batch, axis=-1)), None
+        return "median", None
     if bench == "hest":
         parts = np.array([u.split("|") for u in unit_ids])
         if column == "average":
@@ -1073,10 +1074,11 @@ def _plism_score_statistic(groups: np.ndarray):
     def make(cosine: np.ndarray, top10: np.ndarray):
         def statistic(index_batch: np.ndarray) -> np.ndarray:
             index = index_batch.astype(np.int64)
-            parts = [np.median(cosine[index], axis=-1)]
+            parts = [stats.resampled_medians(cosine, index)]
             for g in ("inter_scanner", "inter_staining", "both"):
                 columns = np.flatnonzero(masks[g])
-                parts.append(np.median(top10[index[..., columns]], axis=-1) if len(columns) else np.full(index.shape[:-1], np.nan))
+                parts.append(stats.resampled_medians(top10, index[:, columns]) if len(columns)
+                             else np.full(len(index), np.nan))
             return np.mean(parts, axis=0)
         return statistic
     return make
@@ -1152,7 +1154,10 @@ def _point(bench: str, column: str, run: Run, ids: np.ndarray) -> float:
         statistic, _ = _score_statistic(run, ids)
         return float(statistic(np.arange(len(ids))[None, :])[0])
     statistic, _ = column_statistic(bench, column, ids)
-    return float(statistic(run.units[column].loc[ids].to_numpy(float)[None, :])[0])
+    values = run.units[column].loc[ids].to_numpy(float)
+    if statistic == "median":
+        return float(np.median(values))
+    return float(statistic(values[None, :])[0])
 
 
 def _compare_pair(bench: str, column: str, protocol: str, best: Entry, other: Entry, *, n_boot: int,

@@ -156,7 +156,7 @@ def holm(pvalues: Sequence[float] | np.ndarray) -> np.ndarray:
 
 def bootstrap_ci(
     values: np.ndarray,
-    statistic: Callable[[np.ndarray], np.ndarray],
+    statistic: Callable[[np.ndarray], np.ndarray] | str,
     *,
     n_boot: int = 2000,
     level: float = 0.95,
@@ -179,13 +179,14 @@ def bootstrap_ci(
 
 def bootstrap_distribution(
     values: np.ndarray,
-    statistic: Callable[[np.ndarray], np.ndarray],
+    statistic: Callable[[np.ndarray], np.ndarray] | str,
     *,
     n_boot: int = 2000,
     seed: int = 0,
     strata: np.ndarray | None = None,
 ) -> np.ndarray:
-    """(B,) values of ``statistic`` on B resamples of ``values`` (see :func:`bootstrap_ci`).
+    """(B,) values of ``statistic`` on B resamples of ``values`` (see :func:`bootstrap_ci`);
+    ``statistic="median"`` uses :func:`resampled_medians`.
 
     The resamples depend only on (n, n_boot, seed, strata), so two models measured on the
     same units get the same resamples: their distributions can be subtracted to bootstrap
@@ -193,13 +194,46 @@ def bootstrap_distribution(
     """
     values = np.asarray(values, dtype=np.float64)
     index = resample_index(len(values), n_boot, seed, strata)
+    if isinstance(statistic, str):
+        if statistic != "median":
+            raise PathbenchError(f"unknown bootstrap statistic {statistic!r}: pass a function or 'median'.")
+        return resampled_medians(values, index)
     return np.asarray(statistic(values[index]), dtype=np.float64)
+
+
+def resampled_medians(values: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """``np.median(values[index], axis=1)`` without sorting every resample.
+
+    Each resample is turned into counts over the sorted values; its median is read off the
+    cumulative counts (the mean of the two middle order statistics when the resample size is
+    even, as numpy does). O(B n) and about twice as fast as partitioning each row.
+
+    Args:
+        values: (n,) float values of the units.
+        index: (B, m) int unit indices of B resamples of size m.
+    Returns:
+        (B,) float64 medians.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    index = np.asarray(index)
+    n_boot, m = index.shape
+    n = len(values)
+    order = np.argsort(values, kind="stable")
+    position = np.empty(n, dtype=np.int64)
+    position[order] = np.arange(n)
+    flat = (position[index] + (np.arange(n_boot, dtype=np.int64) * n)[:, None]).ravel()
+    counts = np.bincount(flat, minlength=n_boot * n).reshape(n_boot, n)
+    cumulative = np.cumsum(counts, axis=1, dtype=np.int32)
+    low = np.argmax(cumulative >= (m + 1) // 2, axis=1)
+    high = np.argmax(cumulative >= m // 2 + 1, axis=1)
+    ordered = values[order]
+    return (ordered[low] + ordered[high]) / 2.0
 
 
 def paired_bootstrap(
     a: np.ndarray,
     b: np.ndarray,
-    statistic: Callable[[np.ndarray], np.ndarray],
+    statistic: Callable[[np.ndarray], np.ndarray] | str,
     *,
     n_boot: int = 2000,
     level: float = 0.95,

@@ -124,3 +124,13 @@ def test_paired_bootstrap_of_identical_models_is_zero_and_not_significant():
     assert low == high == 0.0 and p == 1.0
     low, high, p = stats.paired_bootstrap(values + 0.2, values, lambda b: np.median(b, axis=-1), n_boot=300)
     assert low == pytest.approx(0.2) and high == pytest.approx(0.2) and p == pytest.approx(2 / 301)
+
+
+@pytest.mark.parametrize("size", [1, 2, 7, 40])
+def test_resampled_medians_equal_numpy_medians_with_ties_and_even_sizes(size):
+    rng = np.random.default_rng(size)
+    values = np.round(rng.uniform(size=size), 1)  # many ties
+    index = rng.integers(0, size, size=(300, size))
+    np.testing.assert_array_equal(stats.resampled_medians(values, index), np.median(values[index], axis=1))
+    sub = index[:, : max(1, size // 2)]  # a resample smaller than the units (one pair group)
+    np.testing.assert_array_equal(stats.resampled_medians(values, sub), np.median(values[sub], axis=1))
