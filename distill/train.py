@@ -566,7 +566,9 @@ class Distiller:
             "images_seen": self.step * cfg.optim.batch_size,
             "config": cfg.to_dict(),
         }
-        folder = export_student(self.ema, self.spec, name, cfg.output.students_dir, record)
+        # The timm network itself (not pathbench's token wrapper): its keys are timm's.
+        network = getattr(self.ema, "backbone", self.ema)
+        folder = export_student(network, self.spec, name, cfg.output.students_dir, record)
         logger.info("exported the EMA student to %s (model distilled:%s)", folder, name)
         return folder
 
