@@ -375,6 +375,7 @@ def run(args: argparse.Namespace, bench_options: str | None) -> int:
         source = {"embeddings_dir": str(folder), "folders": {t: str(f) for t, f in folders.items()}}
     else:
         data_root, task_roots = resolve_data(args.data, tasks, args.cache_dir)
+        print("eva tasks: " + ", ".join(f"{TASKS[t].label} ({folder})" for t, folder in task_roots.items()))
         extractor = cli_common.extractor_from_args(args, bench="eva")
         model_name = cli_common.model_label(args)
         pooling = args.pooling or DEFAULT_POOLING
@@ -416,6 +417,8 @@ def run(args: argparse.Namespace, bench_options: str | None) -> int:
         bench="eva",
         model_label=model_name,
         tasks=list(embeddings),
+        settings={"data": args.embeddings_dir and "eva embeddings" or args.data, "runs": args.runs,
+                  "max_steps": max_steps, "probe_batch_size": probe_batch, "seed": args.seed},
         protocol={"name": "eva linear probe (offline patch classification)",
                   "eva_defaults": max_steps == 12_500 and probe_batch == 256, "per_task": protocols},
         source=source,
