@@ -55,6 +55,17 @@ def _scatter(ax: plt.Axes, points: Sequence[tuple[str, float, float]], color: st
         ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7.5, color=color)
 
 
+def _from_zero(ax: plt.Axes) -> None:
+    """Axes from 0 to 25 % past the largest point, so labels beside points stay inside."""
+    offsets = [c.get_offsets() for c in ax.collections if len(c.get_offsets())]
+    if not offsets:
+        return
+    points = np.concatenate(offsets)
+    x_max, y_max = float(np.max(points[:, 0])), float(np.max(points[:, 1]))
+    ax.set_xlim(0, x_max * 1.25 if x_max > 0 else 1)
+    ax.set_ylim(0, y_max * 1.15 if y_max > 0 else 1)
+
+
 def _run_label(run: Run) -> str:
     return f"{run.model} ({run.pooling})"
 
@@ -103,8 +114,7 @@ def plism_figure4(runs: Sequence[Run], references: Sequence[Entry] | None = None
                      for r in runs], RUN_COLOR, "*", "your runs")
     right.set_title("median top-10")
     for ax in (left, right):
-        ax.set_xlim(left=0)
-        ax.set_ylim(bottom=0)
+        _from_zero(ax)
         ax.set_xlabel("robustness to scanners (inter-scanner pairs)")
         ax.set_ylabel("robustness to stainings (inter-staining pairs)")
         ax.grid(alpha=0.3)
