@@ -14,12 +14,13 @@ The linear probe here is eva's patch-classification protocol (kaiko eva, offline
   (the first epoch reaching the best score) is the one evaluated;
 - several independent runs (own initialisation, own shuffling, own early stopping).
 
-Speed: the R runs train together as one batched computation. Their weights live in one
-``(R, C, D)`` tensor, each step gathers an ``(R, B, D)`` batch with every run's own
-permutation, computes logits with one ``baddbmm`` and updates all runs with one AdamW
-update written element-wise exactly as torch's single-tensor AdamW. Runs that stop early
-are dropped from the batch. Every run computes exactly what it would compute alone
-(``runs=1, seed=seed + r``), which the tests check.
+Speed: the R runs train together as one batched computation. Their heads live in one
+``(R, C, D + 1)`` tensor (the bias is the last column, the embeddings get a column of
+ones), each step gathers an ``(R, B, D + 1)`` batch with every run's own permutation,
+computes the logits with one ``bmm``, the gradient of the loss in closed form and updates
+all runs with one AdamW update written element-wise as torch's single-tensor AdamW. Runs
+that stop early leave the batch. Each run computes what it would compute alone
+(``runs=1, seed=seed + r``) and what a plain PyTorch loop computes, which the tests check.
 
 The design leaves room for other heads (an ABMIL slide head, a segmentation decoder): they
 reuse :class:`ProbeProtocol`, :func:`epoch_learning_rate`, :class:`BatchedEarlyStopping`,
@@ -50,6 +51,7 @@ __all__ = [
     "macro_accuracy",
     "macro_accuracy_batched",
     "adamw_step_",
+    "init_linear",
     "summarise_runs",
 ]
 
