@@ -477,3 +477,18 @@ def test_two_runs_of_one_model_get_distinct_names(tmp_path):
     names = sorted(e.model for e in board.entries if e.is_run)
     assert names == ["h0-mini [cls+mean]", "h0-mini [cls]"]
     assert {c.other for c in board.comparisons} <= set(names)
+
+
+def test_hest_runs_without_genes_csv_are_compared_over_folds(tmp_path):
+    a = write_hest_run(tmp_path, "model-a", offset=0.1, seed=1, folds=4)
+    b = write_hest_run(tmp_path, "model-b", offset=0.0, seed=2, folds=4)
+    (a / "genes.csv").unlink()
+    (b / "genes.csv").unlink()
+    board = lb.build_leaderboard("hest", tmp_path, "none", n_boot=N_BOOT)
+    comparison = next(c for c in board.comparisons if c.column == "TASKA")
+    fa, fb = pd.read_csv(a / "folds.csv"), pd.read_csv(b / "folds.csv")
+    mask = fa["task"] == "TASKA"
+    assert comparison.n_units == 4
+    assert comparison.pvalue == pytest.approx(scipy.stats.wilcoxon(
+        fa.loc[mask, "pearson_mean"].to_numpy() - fb.loc[mask, "pearson_mean"].to_numpy()).pvalue)
+    assert comparison.difference == pytest.approx(fa.loc[mask, "pearson_mean"].mean() - fb.loc[mask, "pearson_mean"].mean())
