@@ -518,7 +518,8 @@ def _data_id(run_json: dict[str, Any]) -> str:
     value = _setting(run_json, "data_fingerprint", "dataset_fingerprint")
     if value:
         return str(value)
-    parts = {key: _setting(run_json, key) for key in ("data", "tile_subset", "tasks")}
+    # tasks are left out: units (task|fold|gene, pairs, runs) are matched by id anyway
+    parts = {key: _setting(run_json, key) for key in ("data", "tile_subset")}
     if isinstance(parts["data"], dict):
         parts["data"] = {k: v for k, v in parts["data"].items() if k != "path"}
     return json.dumps(parts, sort_keys=True, default=str)
