@@ -248,6 +248,9 @@ def _topk_torch(
     return scores, ids
 
 
+_GPU_RESOURCES: dict[int, Any] = {}
+
+
 def _faiss_index(database: np.ndarray, device: torch.device) -> Any:
     import faiss
 
@@ -258,9 +261,12 @@ def _faiss_index(database: np.ndarray, device: torch.device) -> Any:
                 "backend 'faiss' on a GPU needs a faiss build with GPU support (pip install faiss-gpu-cu12); "
                 "use backend 'torch' or device 'cpu'."
             )
+        gpu = device.index or 0
+        if gpu not in _GPU_RESOURCES:  # must outlive every index built on it
+            _GPU_RESOURCES[gpu] = faiss.StandardGpuResources()
         config = faiss.GpuIndexFlatConfig()
-        config.device = device.index or 0
-        index = faiss.GpuIndexFlatIP(faiss.StandardGpuResources(), dim, config)
+        config.device = gpu
+        index = faiss.GpuIndexFlatIP(_GPU_RESOURCES[gpu], dim, config)
     else:
         index = faiss.IndexFlatIP(dim)
     index.add(database)

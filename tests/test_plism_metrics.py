@@ -272,6 +272,14 @@ def test_exact_dots_are_position_independent_for_equal_operands():
     assert single[2] == full[17]
 
 
+def test_normalise_accepts_lists_and_tensors():
+    expected = np.array([[0.6, 0.8], [0.0, -1.0]], dtype=np.float32)
+    np.testing.assert_array_equal(pm.normalise([[3, 4], [0, -2]]), expected)
+    np.testing.assert_array_equal(pm.normalise(torch.tensor([[3.0, 4.0], [0.0, -2.0]])), expected)
+    with pytest.raises(DataError, match="2-D"):
+        pm.normalise(np.ones(3))
+
+
 def test_normalise_gives_unit_float32_rows_and_equal_rows_for_equal_inputs():
     rng = np.random.default_rng(8)
     x = rng.standard_normal((5000, 33)) * 10

@@ -65,7 +65,8 @@ def normalise(features: Any, *, what: str = "features") -> np.ndarray:
     """L2-normalise each row.
 
     Args:
-        features: ``(n, dim)`` array-like of real numbers (``np.memmap`` is read in chunks).
+        features: ``(n, dim)`` array-like of real numbers: an array, a tensor, or anything with
+            ``shape``, ``dtype`` and row slicing (``np.memmap``, h5py), read in chunks.
         what: how error messages name the array (e.g. ``"slide 'GMH_S60_to_GMH_S60'"``).
 
     Returns:
@@ -74,6 +75,9 @@ def normalise(features: Any, *, what: str = "features") -> np.ndarray:
     Raises:
         DataError: a non-finite value (NaN, inf) or an all-zero row.
     """
+    if isinstance(features, torch.Tensor):
+        features = features.detach().cpu().numpy()
+    # Array-likes with a shape and a dtype (np.memmap, h5py datasets) are read chunk by chunk.
     array = features if hasattr(features, "shape") and hasattr(features, "dtype") else np.asarray(features)
     if len(array.shape) != 2:
         raise DataError(f"{what} must be a 2-D (n_tiles, dim) array; got shape {tuple(array.shape)}.")
