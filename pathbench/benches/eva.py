@@ -338,56 +338,70 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             "EMBEDDINGS_ROOT/MODEL_NAME) or, for one task, the folder holding manifest.csv")
 
 
+def _embeddings_from_eva_dir(args: argparse.Namespace, tasks: list[str] | None, progress: bool):
+    """``{task: {split: (embeddings, targets)}}`` and a provenance record from ``--embeddings-dir``."""
+    folder = Path(args.embeddings_dir).expanduser()
+    if not folder.is_dir():
+        raise DataError(f"--embeddings-dir {folder}: no such folder.")
+    wanted = tasks or list(TASKS)
+    folders = {t: find_manifest(t, folder, single=bool(tasks) and len(tasks) == 1) for t in wanted}
+    missing = [t for t, f in folders.items() if f is None]
+    if tasks and missing:
+        raise DataError(f"--embeddings-dir {folder}: no eva manifest for {', '.join(missing)}; expected "
+                        f"{folder}/<{'|'.join(TASK_DATA[t].eva_dir for t in missing)}>/manifest.csv"
+                        + (" or a manifest.csv in the folder itself." if len(wanted) == 1 else "."))
+    folders = {t: f for t, f in folders.items() if f is not None}
+    if not folders:
+        raise DataError(f"--embeddings-dir {folder}: no eva task folder with a manifest.csv "
+                        f"({', '.join(d.eva_dir for d in TASK_DATA.values())}).")
+    embeddings = {}
+    for task, task_folder in folders.items():
+        splits = read_eva_embeddings(task_folder, progress=progress)
+        embeddings[task] = {s: (v.embeddings, v.targets) for s, v in splits.items()}
+    return embeddings, {"embeddings_dir": str(folder), "folders": {t: str(f) for t, f in folders.items()}}
+
+
+def _embeddings_from_model(args: argparse.Namespace, data_root: Path, task_roots: dict[str, Path], extractor,
+                           pooling: str):
+    """``{task: {split: (embeddings, targets)}}`` and a provenance record from ``--model`` and ``--data``."""
+    from pathbench import cli_common
+
+    print("eva tasks: " + ", ".join(f"{TASKS[t].label} ({folder})" for t, folder in task_roots.items()))
+    options = cli_common.extraction_options(args)
+    embeddings = {}
+    for task, task_root in task_roots.items():
+        embedded = embed_task(extractor, task, task_root, pooling=pooling, **options)
+        embeddings[task] = {s: (e, t) for s, (e, t, _) in embedded.items()}
+    return embeddings, {"data": str(data_root), "task_roots": {t: str(f) for t, f in task_roots.items()}}
+
+
 def run(args: argparse.Namespace, bench_options: str | None) -> int:
     from pathbench import _io, cli_common
     from pathbench.provenance import provenance
 
+    started = time.time()
     tasks = parse_tasks(bench_options)
     progress = not getattr(args, "no_progress", False)
     device = getattr(args, "device", "auto") or "auto"
-    if device == "mps":
+    if device == "mps":  # the probe's batched steps run on CUDA or the CPU
         device = "cpu"
-    embeddings: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
-    extractor = None
-    pooling = None
-    source: dict[str, Any]
-    started = time.time()
-
-    if args.embeddings_dir:
-        model_name = cli_common.model_label(args)
-        folder = Path(args.embeddings_dir).expanduser()
-        if not folder.is_dir():
-            raise DataError(f"--embeddings-dir {folder}: no such folder.")
-        wanted = tasks or list(TASKS)
-        folders = {t: find_manifest(t, folder, single=bool(tasks) and len(tasks) == 1) for t in wanted}
-        missing = [t for t, f in folders.items() if f is None]
-        if tasks and missing:
-            raise DataError(f"--embeddings-dir {folder}: no eva manifest for {', '.join(missing)}; expected "
-                            f"{folder}/<{'|'.join(TASK_DATA[t].eva_dir for t in missing)}>/manifest.csv"
-                            + (" or a manifest.csv in the folder itself." if len(wanted) == 1 else "."))
-        folders = {t: f for t, f in folders.items() if f is not None}
-        if not folders:
-            raise DataError(f"--embeddings-dir {folder}: no eva task folder with a manifest.csv "
-                            f"({', '.join(d.eva_dir for d in TASK_DATA.values())}).")
-        for task, task_folder in folders.items():
-            splits = read_eva_embeddings(task_folder, progress=progress)
-            embeddings[task] = {s: (v.embeddings, v.targets) for s, v in splits.items()}
-        source = {"embeddings_dir": str(folder), "folders": {t: str(f) for t, f in folders.items()}}
-    else:
-        data_root, task_roots = resolve_data(args.data, tasks, args.cache_dir)
-        print("eva tasks: " + ", ".join(f"{TASKS[t].label} ({folder})" for t, folder in task_roots.items()))
-        extractor = cli_common.extractor_from_args(args, bench="eva")
-        model_name = cli_common.model_label(args)
-        pooling = args.pooling or DEFAULT_POOLING
-        options = cli_common.extraction_options(args)
-        for task, task_root in task_roots.items():
-            embedded = embed_task(extractor, task, task_root, pooling=pooling, **options)
-            embeddings[task] = {s: (e, t) for s, (e, t, _) in embedded.items()}
-        source = {"data": str(data_root), "task_roots": {t: str(f) for t, f in task_roots.items()}}
-
     synthetic = not args.embeddings_dir and args.data == "synthetic"
     max_steps = args.max_steps or (SYNTHETIC_MAX_STEPS if synthetic else 12_500)
     probe_batch = args.probe_batch_size or (SYNTHETIC_PROBE_BATCH_SIZE if synthetic else 256)
+    ProbeProtocol(runs=args.runs, max_steps=max_steps, batch_size=probe_batch)  # bad flags fail before any work
+
+    extractor = None
+    pooling = None
+    if args.embeddings_dir:
+        model_name = cli_common.model_label(args)
+        embeddings, source = _embeddings_from_eva_dir(args, tasks, progress)
+    else:
+        data_root, task_roots = resolve_data(args.data, tasks, args.cache_dir)  # before loading any weights
+        extractor = cli_common.extractor_from_args(args, bench="eva")
+        model_name = cli_common.model_label(args)
+        pooling = args.pooling or DEFAULT_POOLING
+        embeddings, source = _embeddings_from_model(args, data_root, task_roots, extractor, pooling)
+
     if (max_steps, probe_batch) != (12_500, 256):
         print(f"note: linear probe with batch {probe_batch} and at most {max_steps} steps "
               f"(eva's protocol: batch 256, 12500 steps)" + (" for the tiny synthetic splits" if synthetic else ""))
@@ -417,7 +431,7 @@ def run(args: argparse.Namespace, bench_options: str | None) -> int:
         bench="eva",
         model_label=model_name,
         tasks=list(embeddings),
-        settings={"data": args.embeddings_dir and "eva embeddings" or args.data, "runs": args.runs,
+        settings={"data": "eva embeddings" if args.embeddings_dir else args.data, "runs": args.runs,
                   "max_steps": max_steps, "probe_batch_size": probe_batch, "seed": args.seed},
         protocol={"name": "eva linear probe (offline patch classification)",
                   "eva_defaults": max_steps == 12_500 and probe_batch == 256, "per_task": protocols},
