@@ -85,6 +85,17 @@ def test_bench_without_options_runs_every_task_whose_data_is_present(cache, tmp_
         eva_bench.resolve_data(str(data), ["crc", "mhist"], None)
 
 
+def test_a_corrupt_image_stops_the_evaluation_with_its_name(cache, tmp_path, capsys):
+    data = tmp_path / "data"
+    shutil.copytree(eva_bench.synthetic_root(cache) / "mhist", data / "mhist")
+    name = pd.read_csv(data / "mhist" / "annotations.csv").query("Partition == 'train'")["Image Name"].iloc[0]
+    (data / "mhist" / "images" / name).write_bytes(b"\x89PNG truncated")
+    code = main(["evaluate", "--model", "vit-tiny-random", "--bench", "eva:mhist", "--data", str(data),
+                 "--cache-dir", str(cache), "--out", str(tmp_path / "out"), "--no-progress"])
+    assert code == 2
+    assert name in capsys.readouterr().err
+
+
 def test_cli_errors_are_clear(tmp_path, capsys):
     assert main(["evaluate", "--model", "vit-tiny-random", "--bench", "eva:bach,foo"]) == 2
     assert "unknown eva task 'foo'" in capsys.readouterr().err
