@@ -265,13 +265,22 @@ class Teacher:
         self.embed_dim = int(self.spec.embed_dim)
 
     def shard(self) -> None:
-        """Shard the frozen teacher over the process group (FSDP) to fit a large model in memory."""
-        from torch.distributed.fsdp import FullyShardedDataParallel, ShardingStrategy
+        """Shard the frozen teacher over the process group (FSDP2 ``fully_shard``): each process
+        keeps ``1/world`` of the weights and gathers one transformer block at a time during the
+        forward pass, so a teacher larger than one device's memory fits."""
+        import torch.distributed as dist
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import fully_shard
 
-        kwargs: dict[str, Any] = {"sharding_strategy": ShardingStrategy.FULL_SHARD, "use_orig_params": True}
-        if self.device.type == "cuda":
-            kwargs["device_id"] = self.device
-        self.network = FullyShardedDataParallel(self.network, **kwargs)
+        mesh = init_device_mesh(self.device.type, (dist.get_world_size(),))
+        backbone = getattr(self.network, "backbone", self.network)
+        blocks = getattr(backbone, "blocks", None)
+        if blocks is None:  # transformers models keep their layers under encoder.layer
+            blocks = getattr(getattr(backbone, "encoder", None), "layer", [])
+        for block in blocks:
+            fully_shard(block, mesh=mesh)
+        fully_shard(self.network, mesh=mesh)
+        logger.info("teacher %s sharded over %d processes (FSDP)", self.spec.name, dist.get_world_size())
 
     def log_once(self, key: str, message: str) -> None:
         if key not in self._logged:

@@ -187,6 +187,7 @@ def _ddp_worker(rank, world, init_file, cfg_values, out_path):
 
 
 def test_two_process_ddp_takes_the_same_steps_as_one_process_on_the_whole_batch(tmp_path):
+    """Gloo on CPU: DDP student (running-mean centring), then DDP student + FSDP teacher (Sinkhorn-Knopp)."""
     values = {
         "cpu_threads": 1, "objective": "dino-ibot", "student.img_size": 56, "student.embed_dim": 32,
         "student.depth": 1, "student.num_heads": 2, "crops.global_size": 56, "crops.local_size": 28,
@@ -204,7 +205,9 @@ def test_two_process_ddp_takes_the_same_steps_as_one_process_on_the_whole_batch(
         single = Distiller(single_cfg, env=cpu_env(), teacher=make_teacher(single_cfg), data=TILES)
         single.fit(progress=False)
         out = tmp_path / f"ddp-{centering}.pt"
-        ddp_values = {**values, "output.dir": str(tmp_path / f"ddp-{centering}")}
+        # The second run also shards the frozen teacher over the two processes (FSDP).
+        ddp_values = {**values, "output.dir": str(tmp_path / f"ddp-{centering}"),
+                      "teacher.fsdp": centering == "sinkhorn_knopp"}
         mp.start_processes(_ddp_worker, args=(2, str(tmp_path / f"init-{centering}"), ddp_values, str(out)),
                            nprocs=2, join=True, start_method="fork")
         ddp_state = torch.load(out, weights_only=True)
@@ -241,6 +244,16 @@ def test_exported_student_loads_through_the_registry_and_embeds(tmp_path, monkey
         saved = load_file(str(folder / "model.safetensors"))
         for key, value in extractor.model.backbone.state_dict().items():
             assert torch.equal(value, saved[key])
+        # `pathbench evaluate --model distilled:<name>` evaluates it (synthetic PLISM, offline).
+        from pathbench.cli import main as pathbench_main
+
+        monkeypatch.setenv("PATHBENCH_CACHE", str(tmp_path / "cache"))
+        code = pathbench_main(["evaluate", "--model", "distilled:tiny-student", "--bench", "plism", "--data",
+                               "synthetic", "--out", str(tmp_path / "plism"), "--device", "cpu", "--no-progress"])
+        assert code == 0
+        assert (tmp_path / "plism" / "summary.csv").is_file()
+        run_json = json.loads((tmp_path / "plism" / "run.json").read_text())
+        assert "distilled:tiny-student" in json.dumps(run_json)
         # A single student's own folder works as PATHBENCH_STUDENTS too.
         monkeypatch.setenv("PATHBENCH_STUDENTS", str(folder))
         load_plugins(force=True)
