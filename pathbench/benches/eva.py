@@ -105,7 +105,7 @@ def protocol_for(task: EvaTask, runs: int = 5, max_steps: int = 12_500, seed: in
 # With batch 256 an epoch would be one step and CRC's and PCam's patience (7 and 3 epochs)
 # would stop every run before it learns anything, so synthetic data trains with smaller
 # batches and fewer steps unless --probe-batch-size / --max-steps say otherwise.
-SYNTHETIC_PROBE_BATCH_SIZE = 8
+SYNTHETIC_PROBE_BATCH_SIZE = 2
 SYNTHETIC_MAX_STEPS = 1_000
 
 
