@@ -28,7 +28,9 @@ SPEC_FORMAT = "pathbench-distilled-student/1"
 
 def pathbench_cache_dir() -> Path:
     """pathbench's cache root (``$PATHBENCH_CACHE``, default ``~/.cache/pathbench``)."""
-    return Path(os.environ.get("PATHBENCH_CACHE") or Path.home() / ".cache" / "pathbench").expanduser()
+    from pathbench.features import cache_root
+
+    return cache_root()
 
 
 def students_dir(override: str | os.PathLike | None = None) -> Path:

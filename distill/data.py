@@ -273,18 +273,33 @@ class HubSource:
         self.fingerprint = f"hf:{dataset_id}:{split}"
         self._dataset = None
 
-    def stream(self, seed: int, epoch: int):
-        """The rows of pass ``epoch`` (a seeded shuffle buffer that changes with the pass)."""
+    def stream(self, seed: int, epoch: int, skip: int = 0):
+        """The rows of pass ``epoch`` (a seeded shuffle buffer that changes with the pass),
+        without its first ``skip`` rows."""
         if self._dataset is None:
             import datasets
 
             kwargs = {"data_files": self.data_files} if self.data_files is not None else {}
             self._dataset = datasets.load_dataset(self.dataset_id, split=self.split, streaming=True, **kwargs)
         ds = self._dataset
+        if hasattr(ds, "decode"):
+            ds = ds.decode(False)  # image bytes only: rows skipped on the way are never decoded
         if self.buffer_size > 1:
             ds = ds.shuffle(seed=seed, buffer_size=self.buffer_size)
-            ds.set_epoch(epoch)
+        if skip:
+            ds = ds.skip(skip)
+        ds.set_epoch(epoch)  # after skip(), which returns a dataset at epoch 0
         return ds
+
+    def num_rows(self) -> int | None:
+        """Rows in one pass when the dataset's metadata says so (lets a resumed run skip ahead)."""
+        if self._dataset is None:
+            self.stream(0, 0)
+        splits = getattr(getattr(self._dataset, "info", None), "splits", None)
+        try:
+            return int(splits[self.split].num_examples) or None
+        except (KeyError, TypeError, AttributeError):
+            return None
 
     def __getstate__(self):  # data-loader workers open their own stream
         return {**self.__dict__, "_dataset": None}
@@ -310,12 +325,18 @@ class HubStreamSamples(IterableDataset):
         if not wanted:
             return
         first = min(p[0] for p in wanted.values())
-        position, epoch, pending = 0, 0, []
         lookup = {p: s for s, ps in wanted.items() for p in ps}
         last = max(p[-1] for p in wanted.values())
+        # Jump to the pass holding the first wanted position when the pass length is known;
+        # otherwise read the stream from its start (rows are not decoded on the way).
+        n_rows = self.source.num_rows()
+        epoch, offset = divmod(first, n_rows) if n_rows else (0, 0)
+        position, pending = epoch * (n_rows or 0), []
         while position <= last:
             produced = False
-            for row in self.source.stream(self.seed, epoch):
+            rows = self.source.stream(self.seed, epoch, skip=offset)
+            position, offset = position + offset, 0
+            for row in rows:
                 produced = True
                 if position >= first and position in lookup:
                     image = decode_image(row[self.source.column], f"{self.source.fingerprint} row {position}")

@@ -246,10 +246,15 @@ class Teacher:
     """
 
     def __init__(self, cfg: DistillConfig, device: torch.device, spec: ModelSpec | None = None):
+        import torch.distributed as dist
+
+        # A teacher that will be sharded is loaded into host memory first, so that no single
+        # device ever holds all of it; shard() moves one block at a time onto the device.
+        sharded = cfg.teacher.fsdp and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
         self.extractor = load_extractor(
             spec if spec is not None else cfg.teacher.model,
             weights=cfg.teacher.weights,
-            device=device,
+            device="cpu" if sharded else device,
             precision="fp32",
             trust_remote_code=cfg.teacher.trust_remote_code,
         )

@@ -353,6 +353,10 @@ def test_hub_streaming_source_yields_full_deterministic_batches(tmp_path, monkey
     assert torch.equal(again[0][0], batches[1][0])  # resuming at step 2 gives step 2's batch
     rank1 = list(HubStreamSamples(source, crops, 0, StepBatches(1, 2, 4, rank=1, world=2)))
     assert torch.equal(rank1[0][0], batches[0][0][:, 2:])
+    # With the pass length known (hub metadata), a resumed stream skips ahead to the same rows.
+    monkeypatch.setattr(source, "num_rows", lambda: 6)
+    skipped = list(HubStreamSamples(source, crops, 0, StepBatches(2, 4, 4, rank=0, world=1)))
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(skipped, batches[1:], strict=True))
 
 
 def test_collate_is_crop_major():
