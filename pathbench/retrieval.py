@@ -182,21 +182,22 @@ def _similarity_blocks(
     n_queries, n_database, _ = _check_pair(queries, database)
     rows = _block_rows(n_database, block_rows)
     slice_rows = max(8, min(rows, _SLICE_VALUES // max(n_database, 1)))
+    if device.type == "cpu":
+        # NumPy's BLAS (OpenBLAS) ran float32 products about twice as fast as torch's on
+        # the 2-core AMD machine benchmarks/plism_metrics.py was run on.
+        q, db_t = _as_numpy(queries), _as_numpy(database).T
+        out = np.empty((min(rows, n_queries), n_database), dtype=np.float32)
+        for r0 in range(0, n_queries, rows):
+            r1 = min(r0 + rows, n_queries)
+            block = np.matmul(q[r0:r1], db_t, out=out[: r1 - r0])
+            for s0 in range(0, r1 - r0, slice_rows):
+                yield r0 + s0, block[s0 : s0 + slice_rows]
+        return
     q = _as_tensor(queries, device)
     db_t = _as_tensor(database, device).T
     with _full_precision_matmul(), torch.no_grad():
-        if device.type == "cpu":
-            out = torch.empty((min(rows, n_queries), n_database), dtype=torch.float32)
-            for r0 in range(0, n_queries, rows):
-                r1 = min(r0 + rows, n_queries)
-                block = out[: r1 - r0]
-                torch.matmul(q[r0:r1], db_t, out=block)
-                values = block.numpy()
-                for s0 in range(0, r1 - r0, slice_rows):
-                    yield r0 + s0, values[s0 : s0 + slice_rows]
-        else:
-            for r0 in range(0, n_queries, rows):
-                yield r0, q[r0 : r0 + rows] @ db_t
+        for r0 in range(0, n_queries, rows):
+            yield r0, q[r0 : r0 + rows] @ db_t
 
 
 def _nonzero_2d(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -467,20 +468,20 @@ def threshold_counts(
     col_pairs: list[np.ndarray] = []
     limit = np.iinfo(np.int64).max if cap is None else cap
 
-    def on_device(x: np.ndarray) -> np.ndarray | torch.Tensor:
-        return x if resolved.type == "cpu" else torch.from_numpy(x).to(resolved)
+    def like(x: np.ndarray, block: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
+        return x if isinstance(block, np.ndarray) else torch.from_numpy(x).to(block.device)
 
     if columns:
         col_lo = np.asarray(column_lo, dtype=np.float32)
         col_hi = np.asarray(column_hi, dtype=np.float32)
-        col_lo_d, col_hi_d = on_device(col_lo), on_device(col_hi)
+        col_lo_d = col_hi_d = None
     scratch = None
     for r0, block in _similarity_blocks(queries, database, block_rows, resolved):
         r1 = r0 + block.shape[0]
         if scratch is None and isinstance(block, np.ndarray):
             scratch = np.zeros((block.shape[0], -(-n // 8) * 8), dtype=bool)
         _mask_excluded(block, excluded, r0)
-        lo_d, hi_d = on_device(lo[r0:r1]), on_device(hi[r0:r1])
+        lo_d, hi_d = like(lo[r0:r1], block), like(hi[r0:r1], block)
         sure = _count_ge(block, hi_d, 1, scratch)
         maybe = _count_ge(block, lo_d, 1, scratch)
         row_sure[r0:r1] = sure
@@ -490,6 +491,8 @@ def threshold_counts(
             pairs[:, 0] += r0
             row_pairs.append(pairs)
         if columns:
+            if col_lo_d is None:
+                col_lo_d, col_hi_d = like(col_lo, block), like(col_hi, block)
             sure_c = _count_ge(block, col_hi_d, 0, scratch)
             maybe_c = _count_ge(block, col_lo_d, 0, scratch)
             col_sure += sure_c

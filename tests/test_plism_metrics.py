@@ -153,6 +153,24 @@ def test_all_backends_give_identical_rows():
         assert rows["torch"] == rows["faiss"]
 
 
+def test_tensor_blocks_as_on_a_gpu_give_the_same_rows(monkeypatch):
+    """On a GPU the similarity blocks are tensors and the bookkeeping runs in torch."""
+    rng = np.random.default_rng(16)
+    names = ["GM_AT2", "GM_P", "KR_P"]
+    features = {**tie_slides(rng, names, 45, 8)}
+    pairs = pm.all_pairs(names)
+    expected = list(pm.iter_pair_metrics(features, pairs, progress=False, block_rows=16))
+    original = retrieval._similarity_blocks
+
+    def tensor_blocks(*args):
+        for r0, block in original(*args):
+            yield r0, torch.from_numpy(block.copy())
+
+    monkeypatch.setattr(retrieval, "_similarity_blocks", tensor_blocks)
+    assert list(pm.iter_pair_metrics(features, pairs, progress=False, block_rows=16)) == expected
+    assert_matches_reference(features, pairs[:1], block_rows=16)
+
+
 def test_float32_bound_cases_are_decided_in_float64():
     """Near-ties below the float32 matmul error are decided by the exact inner products."""
     rng = np.random.default_rng(4)
