@@ -272,7 +272,7 @@ class Distiller:
         if self.env.world < 2:
             return module
         ids = [self.device.index] if self.device.type == "cuda" else None
-        return nn.parallel.DistributedDataParallel(module, device_ids=ids, broadcast_buffers=False)
+        return nn.parallel.DistributedDataParallel(module, device_ids=ids)
 
     def autocast(self, precision: str) -> contextlib.AbstractContextManager:
         if precision == "fp32":

@@ -286,3 +286,22 @@ def test_teacher_grid_is_interpolated_onto_the_student_grid(tmp_path):
     _, native = teacher.tokens(images, (8, 8), contextlib.nullcontext)
     pooled = torch.nn.functional.avg_pool2d(native.transpose(1, 2).reshape(3, 48, 8, 8), 2)
     torch.testing.assert_close(patches, pooled.flatten(2).transpose(1, 2), rtol=1e-5, atol=1e-5)
+
+
+def test_prototype_layers_stay_frozen_for_the_first_epoch_only(tmp_path):
+    from distill.models import last_layer_parameters
+
+    cfg = tiny_config(tmp_path, objective="dino-ibot", **{"optim.iterations": 3, "optim.lr": 0.01,
+                                                           "output.export": False})
+    cfg.teacher.heads = write_teacher_heads(cfg, tmp_path / "heads.safetensors")
+    distiller = Distiller(cfg, env=cpu_env(), teacher=make_teacher(cfg), data=TILES)
+    assert distiller.schedules.freeze_last_iters == 2  # one epoch of 2 iterations
+    last = last_layer_parameters(distiller.student)
+    start = [p.detach().clone() for p in last]
+    mlp = distiller.student.heads["dino"].mlp[0].weight
+    mlp_start = mlp.detach().clone()
+    distiller.fit(stop_after=2, progress=False)
+    assert all(torch.equal(p, s) for p, s in zip(last, start, strict=True))
+    assert not torch.equal(mlp, mlp_start)
+    distiller.fit(progress=False)
+    assert not torch.equal(last[1], start[1])
