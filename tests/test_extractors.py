@@ -108,3 +108,12 @@ def test_spec_pooling_defaults_per_benchmark():
     assert get_spec("h0-mini").pooling_for("hest") == "cls+mean"
     assert get_spec("h0-mini").pooling_for("plism") == "cls"
     assert get_spec("virchow2").pooling_for("plism") == "cls+mean"
+
+
+def test_a_fixed_input_size_changes_the_transform_and_the_cache_identity_not_the_weights():
+    extractor = load_extractor("vit-tiny-random", device="cpu")
+    resized = extractor.with_input_size(256, 224)
+    assert resized.model is extractor.model
+    assert resized.spec.resize == 256 and extractor.spec.resize == 224
+    assert resized.identity() != extractor.identity()
+    assert extractor.with_input_size(224, 224) is extractor

@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from pathbench.data.eva import (
+    EVA_IMAGE_SIZE,
     TASK_DATA,
     find_task_root,
     open_split,
@@ -34,6 +35,7 @@ from pathbench.data.eva import (
     write_eva_embeddings,
 )
 from pathbench.errors import DataError, PathbenchError
+from pathbench.extractors import Extractor
 from pathbench.heads import LinearProbe, ProbeProtocol, summarise_runs
 
 DEFAULT_POOLING = "cls"
@@ -299,13 +301,21 @@ def extract_command(args: argparse.Namespace) -> int:
                              "(each task is written to <out>/<bach|crc|mhist|patch_camelyon>/).")
     tasks = parse_tasks(getattr(args, "task", None))
     data_root, task_roots = resolve_data(args.data, tasks, args.cache_dir)
-    extractor = cli_common.extractor_from_args(args, bench="eva")
+    extractor = eva_extractor(args)
     pooling = args.pooling or DEFAULT_POOLING
     options = cli_common.extraction_options(args)
     for task in task_roots:
         manifest = export_eva_embeddings(extractor, task, data_root, args.out, pooling=pooling, **options)
         print(f"{TASKS[task].label}: eva embeddings ({pooling}) and manifest in {manifest.parent}")
     return 0
+
+
+def eva_extractor(args: argparse.Namespace) -> Extractor:
+    """The model of ``--model``, fed eva's 224 x 224 crops as they are (eva only normalises them)."""
+    from pathbench import cli_common
+
+    extractor = cli_common.extractor_from_args(args, bench="eva")
+    return extractor.with_input_size(EVA_IMAGE_SIZE, EVA_IMAGE_SIZE)
 
 
 def find_manifest(task: str, embeddings_dir: Path, single: bool) -> Path | None:
@@ -397,7 +407,7 @@ def run(args: argparse.Namespace, bench_options: str | None) -> int:
         embeddings, source = _embeddings_from_eva_dir(args, tasks, progress)
     else:
         data_root, task_roots = resolve_data(args.data, tasks, args.cache_dir)  # before loading any weights
-        extractor = cli_common.extractor_from_args(args, bench="eva")
+        extractor = eva_extractor(args)
         model_name = cli_common.model_label(args)
         pooling = args.pooling or DEFAULT_POOLING
         embeddings, source = _embeddings_from_model(args, data_root, task_roots, extractor, pooling)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 from typing import Any
 
 import torch
@@ -138,6 +139,18 @@ class Extractor:
             "pooling": check_pooling(pooling or self.pooling),
             "precision": self.precision,
         }
+
+    def with_input_size(self, resize: int, crop: int) -> Extractor:
+        """The same network with another resize/crop before normalisation (shares the weights).
+
+        Benchmarks whose protocol fixes the input transform (eva resizes and crops every
+        image to 224 whatever the model) use this; the change is part of the cache key.
+        """
+        if (resize, crop) == (self.spec.resize, self.spec.crop):
+            return self
+        other = copy.copy(self)
+        other.spec = self.spec.replace(resize=resize, crop=crop)
+        return other
 
     def resize_crop(self, images: torch.Tensor) -> torch.Tensor:
         """Resize the shorter side to ``spec.resize`` and centre-crop ``spec.crop`` (see :func:`resize_crop`)."""
