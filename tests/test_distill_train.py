@@ -96,12 +96,41 @@ def test_dino_ibot_without_teacher_heads_explains_the_alternatives(tmp_path):
         Distiller(cfg, env=cpu_env(), teacher=make_teacher(cfg), data=TILES)
 
 
-def test_dino_ibot_distillation_lowers_the_loss_and_logs_every_term(tmp_path):
+def _held_out_views(distiller: Distiller, images: np.ndarray):
+    """Whole held-out tiles at the student's input size: ``(B, 3, 56, 56)`` in [0, 1] and normalised."""
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(255.0)
+    x = torch.nn.functional.interpolate(x, size=(56, 56), mode="bilinear", antialias=True, align_corners=False)
+    mean = torch.tensor(distiller.spec.mean).view(1, 3, 1, 1)
+    std = torch.tensor(distiller.spec.std).view(1, 3, 1, 1)
+    return x, (x - mean) / std
+
+
+def _prototype_agreement(distiller: Distiller, images: np.ndarray) -> tuple[float, float]:
+    """On held-out tiles: share of patches whose student iBOT prototype (argmax) is the
+    teacher's, and the cross-entropy of the student's DINO output to the teacher's."""
+    x, normalised = _held_out_views(distiller, images)
+    with torch.no_grad():
+        cls_t, patch_t = distiller.teacher.tokens(x, (4, 4), contextlib.nullcontext)
+        t_cls = distiller.teacher_heads["dino"](cls_t)
+        t_patch = distiller.teacher_heads["ibot"](patch_t)
+        out = distiller.student(normalised, None, distiller.num_prefix)
+    agreement = (out["global_patch"].argmax(-1) == t_patch.argmax(-1)).float().mean()
+    ce = -(torch.softmax(t_cls / 0.07, -1) * torch.log_softmax(out["global_cls"] / 0.1, -1)).sum(-1).mean()
+    return float(agreement), float(ce)
+
+
+def test_dino_ibot_distillation_lowers_the_loss_and_moves_student_outputs_to_the_teachers(tmp_path):
     cfg = tiny_config(tmp_path, objective="dino-ibot", **{"optim.iterations": 24, "optim.lr": 0.004,
                                                            "output.export": False})
     cfg.teacher.heads = write_teacher_heads(cfg, tmp_path / "heads.safetensors")
-    summary = train(cfg, teacher=make_teacher(cfg), data=TILES, env=cpu_env(), progress=False)
+    distiller = Distiller(cfg, env=cpu_env(), teacher=make_teacher(cfg), data=TILES)
+    held_out = synthetic_tiles(32, size=64, seed=99).images
+    agree_before, ce_before = _prototype_agreement(distiller, held_out)
+    summary = distiller.fit(progress=False)
+    agree_after, ce_after = _prototype_agreement(distiller, held_out)
     assert summary["steps"] == 24 and summary["complete"]
+    assert agree_before < 0.1 and agree_after > 0.25, (agree_before, agree_after)
+    assert ce_after < ce_before - 1.0, (ce_before, ce_after)
     log = read_log(tmp_path / "run")
     assert {"dino_global", "dino_local", "dino", "ibot", "loss", "lr", "wd", "teacher_temp", "ema_momentum",
             "images_per_s", "teacher_s", "step_s"} <= set(log[0])
@@ -116,13 +145,10 @@ def test_dino_ibot_distillation_lowers_the_loss_and_logs_every_term(tmp_path):
 def _held_out_alignment(distiller: Distiller, images: np.ndarray) -> tuple[float, float]:
     """Mean cosine between the student's projected tokens and the teacher's, on whole tiles
     the run never saw: (class tokens, patch tokens)."""
-    x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(255.0)
-    x = torch.nn.functional.interpolate(x, size=(56, 56), mode="bilinear", antialias=True, align_corners=False)
-    mean = torch.tensor(distiller.spec.mean).view(1, 3, 1, 1)
-    std = torch.tensor(distiller.spec.std).view(1, 3, 1, 1)
+    x, normalised = _held_out_views(distiller, images)
     with torch.no_grad():
         cls_t, patch_t = distiller.teacher.tokens(x, (4, 4), contextlib.nullcontext)
-        out = distiller.student((x - mean) / std, None, distiller.num_prefix)
+        out = distiller.student(normalised, None, distiller.num_prefix)
     cos = torch.nn.functional.cosine_similarity
     return float(cos(out["proj_cls"], cls_t, dim=-1).mean()), float(cos(out["proj_patch"], patch_t, dim=-1).mean())
 
