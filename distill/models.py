@@ -18,7 +18,7 @@ from torch.nn.utils.parametrizations import weight_norm
 
 from distill.config import DistillConfig
 from pathbench.errors import PathbenchError
-from pathbench.extractors import ModelSpec, build_network, load_extractor
+from pathbench.extractors import ModelSpec, build_network, get_spec, load_extractor
 
 logger = logging.getLogger("distill")
 
@@ -251,8 +251,13 @@ class Teacher:
         # A teacher that will be sharded is loaded into host memory first, so that no single
         # device ever holds all of it; shard() moves one block at a time onto the device.
         sharded = cfg.teacher.fsdp and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        spec = spec if spec is not None else get_spec(cfg.teacher.model)
+        if spec.family == "timm" and not spec.build_kwargs.get("dynamic_img_size"):
+            # Same weights and, at the native size, the same outputs; other crop sizes (local
+            # crops in head fitting) then run at their own resolution instead of being upscaled.
+            spec = spec.replace(build_kwargs={**spec.build_kwargs, "dynamic_img_size": True})
         self.extractor = load_extractor(
-            spec if spec is not None else cfg.teacher.model,
+            spec,
             weights=cfg.teacher.weights,
             device="cpu" if sharded else device,
             precision="fp32",
@@ -264,6 +269,8 @@ class Teacher:
         self.num_prefix_tokens = self.extractor.num_prefix_tokens
         self.input_size = int(self.spec.crop)
         self.dynamic = bool(self.spec.build_kwargs.get("dynamic_img_size", False)) and self.spec.family == "timm"
+        patch = getattr(getattr(getattr(self.network, "backbone", None), "patch_embed", None), "patch_size", None)
+        self.patch_size = int(patch[0] if isinstance(patch, (tuple, list)) else patch) if patch else None
         self.mean = torch.tensor(self.spec.mean, device=device).view(1, 3, 1, 1)
         self.std = torch.tensor(self.spec.std, device=device).view(1, 3, 1, 1)
         self._logged: set[str] = set()
@@ -300,7 +307,8 @@ class Teacher:
         interpolated onto it when it differs (logged once).
         """
         size = images.shape[-1]
-        if size != self.input_size and not self.dynamic:
+        native = self.dynamic and self.patch_size and size % self.patch_size == 0
+        if size != self.input_size and not native:
             self.log_once(
                 f"resize{size}",
                 f"teacher {self.spec.name} takes {self.input_size} px inputs: crops of {size} px are resized for it",

@@ -306,12 +306,18 @@ def test_python_m_distill_runs_the_smoke_pipeline(tmp_path, monkeypatch):
 def test_teacher_grid_is_interpolated_onto_the_student_grid(tmp_path):
     cfg = tiny_config(tmp_path)
     teacher = make_teacher(cfg)
-    images = torch.rand(3, 3, 56, 56)
+    images = torch.rand(3, 3, 64, 64)  # the teacher's native 8x8 grid
     cls, patches = teacher.tokens(images, (4, 4), contextlib.nullcontext)
     assert cls.shape == (3, 48) and patches.shape == (3, 16, 48)
     _, native = teacher.tokens(images, (8, 8), contextlib.nullcontext)
     pooled = torch.nn.functional.avg_pool2d(native.transpose(1, 2).reshape(3, 48, 8, 8), 2)
     torch.testing.assert_close(patches, pooled.flatten(2).transpose(1, 2), rtol=1e-5, atol=1e-5)
+    # A timm teacher runs crops whose side is a multiple of its patch at their own size ...
+    _, small = teacher.tokens(torch.rand(2, 3, 56, 56), None, contextlib.nullcontext)
+    assert small.shape == (2, 49, 48)
+    # ... and resizes the others to its input size.
+    _, odd = teacher.tokens(torch.rand(2, 3, 28, 28), None, contextlib.nullcontext)
+    assert odd.shape == (2, 64, 48)
 
 
 def test_prototype_layers_stay_frozen_for_the_first_epoch_only(tmp_path):
