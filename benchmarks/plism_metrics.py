@@ -110,7 +110,8 @@ def main() -> None:
     n, dim = args.tiles, args.dim
     print(
         f"{args.slides} slides x {n} tiles x {dim} dims, {len(pairs)} pairs; device {device}, "
-        f"backend {retrieval.resolve_backend(args.backend, device)}; torch threads {torch.get_num_threads()}, "
+        f"backend {args.backend} (self lists: {retrieval.resolve_backend(args.backend, device)}, pair blocks: "
+        f"{'faiss' if args.backend == 'faiss' else 'torch'}); torch threads {torch.get_num_threads()}, "
         f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')}"
     )
 

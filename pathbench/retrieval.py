@@ -3,17 +3,18 @@
 Two backends compute the same thing, exact (brute-force) inner products on float32
 features that the caller has L2-normalised:
 
-- ``"torch"``: blocked ``queries @ database.T`` with torch (MKL on the CPU, cuBLAS on a
-  GPU, TF32 disabled), followed by a top-k or threshold count per block. On the CPU the
-  per-block bookkeeping runs in NumPy, which is several times faster than torch's
-  element-wise kernels on a small machine.
+- ``"torch"``: blocked ``queries @ database.T`` (on a GPU with torch and cuBLAS, TF32
+  disabled; on the CPU with NumPy's BLAS, which multiplied float32 about twice as fast
+  as torch's on the 2-core machine of ``benchmarks/plism_metrics.py``), followed by a
+  top-k or a threshold count per block, in NumPy on the CPU (several times faster than
+  torch's element-wise kernels there) and in torch on a GPU.
 - ``"faiss"``: ``faiss.IndexFlatIP`` (``GpuIndexFlatIP`` when faiss was built with GPU
   support and the device is a GPU). It offers top-k search only.
 
-``backend="auto"`` picks ``"torch"`` on every device: ``benchmarks/plism_metrics.py``
-measured FAISS's flat search several times below the matrix-multiply rate on a 2-core
-CPU, and only the torch backend can serve both directions of a slide pair from one
-block (:func:`threshold_counts`).
+:func:`topk` runs on either. :func:`threshold_counts`, which serves both directions of
+a slide pair from one block, exists only as blocked products; FAISS would need two
+searches. ``backend="auto"`` (:func:`resolve_backend`) picks per device the faster
+top-k measured by ``benchmarks/plism_metrics.py --backends``.
 
 Results are exact in the sense the callers need: scores are float32 values whose
 error against the exact inner product is bounded by :func:`float32_error_bound`, so a
@@ -78,9 +79,14 @@ def resolve_device(device: str | torch.device = "cpu") -> torch.device:
 
 
 def resolve_backend(backend: str = "auto", device: str | torch.device = "cpu") -> str:
-    """Turn ``"auto"`` into a concrete backend and check that the one asked for exists."""
+    """The top-k backend ``backend`` stands for on ``device``; checks that it is installed.
+
+    ``"auto"`` is ``"faiss"`` on the CPU when faiss is installed (its flat search, which
+    fuses the products with the top-k selection, measured faster than the torch backend's
+    top-k in ``benchmarks/plism_metrics.py --backends``) and ``"torch"`` otherwise.
+    """
     if backend == "auto":
-        return "torch"
+        return "faiss" if resolve_device(device).type == "cpu" and faiss_available() else "torch"
     if backend not in BACKENDS:
         raise PathbenchError(f"unknown retrieval backend {backend!r}: expected one of auto, {', '.join(BACKENDS)}.")
     if backend == "faiss" and not faiss_available():

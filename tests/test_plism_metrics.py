@@ -17,7 +17,7 @@ from pathbench.errors import DataError, PathbenchError
 KS = (1, 3, 5, 10)
 STAININGS = "GIV GIVH GM GMH GV GVH HR HRH KR KRH LM LMH MY".split()
 SCANNERS = "AT2 GT450 P S210 S360 S60 SQ".split()
-BACKENDS = ["torch"] + (["faiss"] if retrieval.faiss_available() else [])
+BACKENDS = ["auto", "torch"] + (["faiss"] if retrieval.faiss_available() else [])
 
 
 # ----------------------------------------------------------------------------- the reference
@@ -143,14 +143,12 @@ def test_tile_count_not_divisible_by_any_block_size_gives_the_same_rows():
 
 
 def test_all_backends_give_identical_rows():
-    if len(BACKENDS) < 2:
-        pytest.skip("faiss is not installed")
     rng = np.random.default_rng(3)
     names = ["GM_AT2", "GM_P", "MY_AT2", "MY_P"]
     for features in (tie_slides(rng, names, 60, 8), gaussian_slides(rng, names, 60, 32)):
         pairs = pm.all_pairs(names)
-        rows = {b: list(pm.iter_pair_metrics(features, pairs, backend=b, progress=False)) for b in BACKENDS}
-        assert rows["torch"] == rows["faiss"]
+        rows = [list(pm.iter_pair_metrics(features, pairs, backend=b, progress=False)) for b in BACKENDS]
+        assert all(r == rows[0] for r in rows[1:])
 
 
 def test_tensor_blocks_as_on_a_gpu_give_the_same_rows(monkeypatch):
@@ -286,8 +284,11 @@ def test_exact_dots_are_position_independent_for_equal_operands():
     everyone = np.arange(5000)
     full = pm.exact_dots(x, x, everyone, everyone)
     single = pm.exact_dots(x, x, np.array([3, 4900, 17, 3]), np.array([4900, 3, 17, 3]))
-    assert full[3] == full[4900] == single[0] == single[1] == single[3]
-    assert single[2] == full[17]
+    aligned = pm.aligned_dots(x, x)
+    assert full[3] == full[4900] == single[0] == single[1] == single[3] == aligned[3] == aligned[4900]
+    assert single[2] == full[17] == aligned[17]
+    np.testing.assert_array_equal(aligned, full)
+    np.testing.assert_allclose(full, (x.astype(np.float64) ** 2).sum(axis=1), rtol=1e-15)
 
 
 def test_normalise_accepts_lists_and_tensors():

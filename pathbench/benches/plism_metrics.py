@@ -122,9 +122,22 @@ def exact_dots(x: np.ndarray, y: np.ndarray, rows: np.ndarray, cols: np.ndarray)
     out = np.empty(rows.shape[0], dtype=np.float64)
     for p0 in range(0, rows.shape[0], _CHUNK_ROWS):
         p1 = min(p0 + _CHUNK_ROWS, rows.shape[0])
-        products = x[rows[p0:p1]].astype(np.float64) * y[cols[p0:p1]].astype(np.float64)
-        out[p0:p1] = products.sum(axis=1)
+        out[p0:p1] = _dot_rows(x[rows[p0:p1]], y[cols[p0:p1]])
     return out
+
+
+def aligned_dots(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """``<x[i], y[i]>`` for every row, in float64: :func:`exact_dots` of ``(i, i)``, without the gathers."""
+    out = np.empty(x.shape[0], dtype=np.float64)
+    for p0 in range(0, x.shape[0], _CHUNK_ROWS):
+        out[p0 : p0 + _CHUNK_ROWS] = _dot_rows(x[p0 : p0 + _CHUNK_ROWS], y[p0 : p0 + _CHUNK_ROWS])
+    return out
+
+
+def _dot_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    # float32 x float32 is exact in float64; each row of products is then summed by the
+    # same pairwise routine, so the result depends only on the two rows.
+    return np.multiply(x, y, dtype=np.float64).sum(axis=1)
 
 
 @dataclass
@@ -299,7 +312,7 @@ def _pair_metrics(
     n, dim = a.host.shape
     cap = max(ks)
     everyone = np.arange(n)
-    thresholds = exact_dots(a.host, b.host, everyone, everyone)
+    thresholds = aligned_dots(a.host, b.host)
     lo, hi = _threshold_bounds(thresholds, dim)
     if backend == "faiss":
         cross_ab = _list_counts(
@@ -353,7 +366,8 @@ def iter_pair_metrics(
             subset (a resumed run passes only the pairs it still lacks).
         ks: the k of the top-k accuracies.
         backend: ``"auto"``, ``"torch"`` or ``"faiss"`` (see :mod:`pathbench.retrieval`);
-            all give identical results.
+            all give identical results. ``"auto"`` takes each slide's neighbour list from
+            the faster top-k on the device and each pair from one block of products.
         device: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"``.
         progress: show tqdm progress bars.
         cache_bytes: normalised slides kept in host memory (at least two are always kept).
@@ -370,16 +384,24 @@ def iter_pair_metrics(
 
     ks = _check_ks(ks)
     resolved_device = retrieval.resolve_device(device)
-    backend = retrieval.resolve_backend(backend, resolved_device)
+    # Self lists are top-k searches: the backend asked for ("auto": the faster top-k on
+    # this device). The pair blocks use FAISS only when asked for by name: one block of
+    # products serves both directions, where FAISS needs two searches.
+    topk_backend = retrieval.resolve_backend(backend, resolved_device)
+    pair_backend = "faiss" if backend == "faiss" else "torch"
     pairs = [tuple(p) for p in pairs]
     slides = _check_inputs(features, pairs)
     cache = _SlideCache(features, resolved_device, cache_bytes)
     neighbours: dict[str, _Neighbours] = {}
     for slide_id in tqdm(slides, desc="PLISM self neighbours", unit="slide", disable=not progress):
-        neighbours[slide_id] = _self_neighbours(cache.get(slide_id), max(ks), backend, resolved_device, block_rows)
+        neighbours[slide_id] = _self_neighbours(
+            cache.get(slide_id), max(ks), topk_backend, resolved_device, block_rows
+        )
     for slide_a, slide_b in tqdm(pairs, desc="PLISM slide pairs", unit="pair", disable=not progress):
         a, b = cache.get(slide_a), cache.get(slide_b)
-        row = _pair_metrics(a, b, neighbours[slide_a], neighbours[slide_b], ks, backend, resolved_device, block_rows)
+        row = _pair_metrics(
+            a, b, neighbours[slide_a], neighbours[slide_b], ks, pair_backend, resolved_device, block_rows
+        )
         yield {"slide_a": slide_a, "slide_b": slide_b, **row}
 
 
