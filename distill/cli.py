@@ -39,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override any config key, e.g. --set optim.lr=0.001 (repeatable; VALUE is YAML)")
     parser.add_argument("--resume", action="store_true", help="continue from <out>/checkpoints/last.pt")
-    parser.add_argument("--stop-after", type=int, help="stop (with a checkpoint) after this many steps")
+    parser.add_argument("--stop-after", type=int, help="stop at this step (with a checkpoint); continue later with --resume")
     parser.add_argument("--no-export", action="store_true", help="do not export the student at the end")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 

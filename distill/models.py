@@ -17,7 +17,7 @@ from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 
 from distill.config import DistillConfig
-from pathbench.errors import PathbenchError
+from pathbench.errors import PathbenchError, WeightsAccessError
 from pathbench.extractors import ModelSpec, build_network, get_spec, load_extractor
 
 logger = logging.getLogger("distill")
@@ -256,13 +256,19 @@ class Teacher:
             # Same weights and, at the native size, the same outputs; other crop sizes (local
             # crops in head fitting) then run at their own resolution instead of being upscaled.
             spec = spec.replace(build_kwargs={**spec.build_kwargs, "dynamic_img_size": True})
-        self.extractor = load_extractor(
-            spec,
-            weights=cfg.teacher.weights,
-            device="cpu" if sharded else device,
-            precision="fp32",
-            trust_remote_code=cfg.teacher.trust_remote_code,
-        )
+        try:
+            self.extractor = load_extractor(
+                spec,
+                weights=cfg.teacher.weights,
+                device="cpu" if sharded else device,
+                precision="fp32",
+                trust_remote_code=cfg.teacher.trust_remote_code,
+            )
+        except WeightsAccessError as exc:
+            raise WeightsAccessError(
+                f"{exc} (For distillation, a local copy of the teacher's weights is passed with "
+                "--teacher-weights PATH, i.e. teacher.weights.)"
+            ) from exc
         self.spec = self.extractor.spec
         self.device = device
         self.network = self.extractor.model
