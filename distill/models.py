@@ -55,9 +55,9 @@ class DINOHead(nn.Module):
             self.last_layer.parametrizations.weight.original0.fill_(1.0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.mlp(x)
-        eps = 1e-6 if x.dtype in (torch.float16, torch.bfloat16) else 1e-12
-        x = F.normalize(x, dim=-1, p=2, eps=eps)
+        # The L2 normalisation runs in float32: its backward divides by the bottleneck norm,
+        # which overflows float16 when the norm is small.
+        x = F.normalize(self.mlp(x).float(), dim=-1, p=2, eps=1e-12)
         return self.last_layer(x)
 
 
