@@ -511,26 +511,14 @@ class Distiller:
         start_step, started = self.step, time.perf_counter()
         last = {}
         data_wait = time.perf_counter()
-        for global_crops, local_crops in self.batches(stop):
-            wait = time.perf_counter() - data_wait
-            record = self.train_step(global_crops, local_crops)
-            record["data_s"] = wait
-            record["images_per_s"] = cfg.optim.batch_size / max(record["step_s"] + wait, 1e-9)
-            record["step"] = self.step
-            last = record
-            if not math.isfinite(record["loss"]):
-                raise PathbenchError(
-                    f"the loss became {record['loss']} at step {self.step}; lower optim.lr or use fp32/bf16."
-                )
-            if self.env.is_main and (self.step % cfg.output.log_every == 0 or self.step == stop):
-                with open(log_path, "a", encoding="utf-8") as handle:
-                    handle.write(json.dumps(record) + "\n")
-            if cfg.output.checkpoint_every and self.step % cfg.output.checkpoint_every == 0 and self.step < stop:
-                self.save()
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}")
-            data_wait = time.perf_counter()
+        with _stop_on_signal() as stop_requested:
+            for global_crops, local_crops in self.batches(stop):
+                record = self._one_step(global_crops, local_crops, data_wait, stop, log_path, bar)
+                last = record
+                if self._agree(stop_requested()):
+                    logger.info("stop requested (SIGTERM/SIGUSR1) at step %d: checkpointing", self.step)
+                    break
+                data_wait = time.perf_counter()
         if bar is not None:
             bar.close()
         self.save()
@@ -547,6 +535,36 @@ class Distiller:
             if summary["complete"] and cfg.output.export:
                 summary["student_dir"] = str(self.export())
         return summary
+
+    def _one_step(self, global_crops, local_crops, data_wait: float, stop: int, log_path: Path, bar) -> dict[str, Any]:
+        """One step of :meth:`fit` with its logging and periodic checkpoint."""
+        cfg = self.cfg
+        wait = time.perf_counter() - data_wait
+        record = self.train_step(global_crops, local_crops)
+        record["data_s"] = wait
+        record["images_per_s"] = cfg.optim.batch_size / max(record["step_s"] + wait, 1e-9)
+        record["step"] = self.step
+        if not math.isfinite(record["loss"]):
+            raise PathbenchError(
+                f"the loss became {record['loss']} at step {self.step}; lower optim.lr or use fp32/bf16."
+            )
+        if self.env.is_main and (self.step % cfg.output.log_every == 0 or self.step == stop):
+            with open(log_path, "a", encoding="utf-8") as handle:
+                handle.write(json.dumps(record) + "\n")
+        if cfg.output.checkpoint_every and self.step % cfg.output.checkpoint_every == 0 and self.step < stop:
+            self.save()
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}")
+        return record
+
+    def _agree(self, flag: bool) -> bool:
+        """True on every process when any process has ``flag`` set (so all stop at the same step)."""
+        if not dist.is_initialized():
+            return flag
+        value = torch.tensor([1.0 if flag else 0.0], device=self.device)
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+        return bool(value.item())
 
     def export(self, name: str | None = None) -> Path:
         """Export the EMA student (safetensors + JSON spec) into the students folder."""
@@ -571,6 +589,33 @@ class Distiller:
         folder = export_student(network, self.spec, name, cfg.output.students_dir, record)
         logger.info("exported the EMA student to %s (model distilled:%s)", folder, name)
         return folder
+
+
+@contextlib.contextmanager
+def _stop_on_signal() -> Iterator[Callable[[], bool]]:
+    """While active, SIGTERM and SIGUSR1 (what schedulers send before pre-empting a job) only
+    raise a flag; the loop then checkpoints and returns. Yields the flag's reader."""
+    import signal
+    import threading
+
+    requested = {"stop": False}
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: False
+        return
+
+    def handler(signum, frame):
+        requested["stop"] = True
+
+    previous = {}
+    for name in ("SIGTERM", "SIGUSR1"):
+        number = getattr(signal, name, None)
+        if number is not None:
+            previous[number] = signal.signal(number, handler)
+    try:
+        yield lambda: requested["stop"]
+    finally:
+        for number, old in previous.items():
+            signal.signal(number, old)
 
 
 def plot_loss_curve(log_path: Path, png_path: Path) -> None:

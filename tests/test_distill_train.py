@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 
 import numpy as np
 import pytest
@@ -358,3 +359,25 @@ def test_mixed_precision_step_runs_and_keeps_losses_finite(tmp_path, precision, 
     assert np.isfinite(log[-1]["grad_norm"])
     after = distiller.student.backbone.backbone.patch_embed.proj.weight
     assert after.dtype == torch.float32 and not torch.equal(before, after)
+
+
+def test_sigterm_checkpoints_and_stops_so_the_run_can_resume(tmp_path):
+    import signal
+
+    cfg = tiny_config(tmp_path, objective="features", **{"optim.iterations": 6, "output.export": False})
+    distiller = Distiller(cfg, env=cpu_env(), teacher=make_teacher(cfg), data=TILES)
+    original = distiller.train_step
+
+    def step_then_preempt(global_crops, local_crops):
+        record = original(global_crops, local_crops)
+        if distiller.step == 2:
+            os.kill(os.getpid(), signal.SIGTERM)  # what a scheduler sends before pre-emption
+        return record
+
+    distiller.train_step = step_then_preempt
+    summary = distiller.fit(progress=False)
+    assert summary["steps"] == 2 and not summary["complete"]
+    from distill.checkpoint import load_checkpoint
+
+    assert load_checkpoint(distiller.checkpoint_path)["step"] == 2
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is removed again
