@@ -265,8 +265,10 @@ class Distiller:
         self.total_iters = self.fit_iters + cfg.optim.iterations
         self.step = 0
         self.crops = MultiCrop.from_config(cfg.crops, local_number=self.n_local)
-        self.local_batch = cfg.optim.batch_size // self.env.world
         self.run_dir = cfg.run_dir()
+        # The student learns on inputs normalised exactly as its exported spec will normalise them.
+        self.student_mean = torch.tensor(self.spec.mean, device=device).view(1, 3, 1, 1)
+        self.student_std = torch.tensor(self.spec.std, device=device).view(1, 3, 1, 1)
 
     def _wrap(self, module: nn.Module) -> nn.Module:
         if self.env.world < 2:
@@ -316,9 +318,10 @@ class Distiller:
         start = time.perf_counter()
         cls_t, patch_t = self._teacher_tokens(g, grid, timer)
         terms: dict[str, torch.Tensor] = {}
+        g_student = (g - self.student_mean) / self.student_std
         if cfg.objective == "features":
             with self.autocast(self.precision):
-                out = self.model(g, None, self.num_prefix)
+                out = self.model(g_student, None, self.num_prefix)
             cls_terms = feature_loss(out["proj_cls"], cls_t, cfg.loss.cos_weight, cfg.loss.l1_weight)
             patch_terms = feature_loss(
                 out["proj_patch"].flatten(0, 1), patch_t.flatten(0, 1), cfg.loss.cos_weight, cfg.loss.l1_weight
@@ -336,8 +339,9 @@ class Distiller:
                 t_patch = self.teacher_heads["ibot"](patch_t).float()
             t_cls = self.dino_center(t_cls, temp).view(n_global, b, -1)
             t_patch = self.ibot_center(t_patch, temp).view(n_global, b, *t_patch.shape[1:])
+            local_student = (local - self.student_mean) / self.student_std if local is not None else None
             with self.autocast(self.precision):
-                out = self.model(g, local, self.num_prefix)
+                out = self.model(g_student, local_student, self.num_prefix)
             loss, terms = self._dino_ibot_loss(out, t_cls, t_patch, n_global, b)
         record = self._optimise(loss, self.model, self.student, self.optimizer, sch, it)
         ema_update(self.ema, self.student.backbone, sch.momentum(it))

@@ -381,3 +381,21 @@ def test_sigterm_checkpoints_and_stops_so_the_run_can_resume(tmp_path):
 
     assert load_checkpoint(distiller.checkpoint_path)["step"] == 2
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is removed again
+
+
+def test_student_trains_on_inputs_normalised_like_its_exported_spec(tmp_path):
+    cfg = tiny_config(tmp_path, objective="dino-ibot", **{"student.mean": [0.1, 0.2, 0.3],
+                                                           "student.std": [0.5, 0.6, 0.7]})
+    cfg.teacher.heads = write_teacher_heads(cfg, tmp_path / "heads.safetensors")
+    distiller = Distiller(cfg, env=cpu_env(), teacher=make_teacher(cfg), data=TILES)
+    assert distiller.spec.mean == (0.1, 0.2, 0.3) and distiller.spec.std == (0.5, 0.6, 0.7)
+    seen = []
+    backbone = distiller.student.backbone
+    original = backbone.forward
+    backbone.forward = lambda x: seen.append(x.detach().clone()) or original(x)
+    global_crops, local_crops = next(iter(distiller.batches(1)))
+    distiller.train_step(global_crops, local_crops)
+    mean = torch.tensor([0.1, 0.2, 0.3]).view(1, 3, 1, 1)
+    std = torch.tensor([0.5, 0.6, 0.7]).view(1, 3, 1, 1)
+    torch.testing.assert_close(seen[0], (global_crops.flatten(0, 1) - mean) / std)
+    torch.testing.assert_close(seen[1], (local_crops.flatten(0, 1) - mean) / std)
