@@ -13,8 +13,8 @@ features that the caller has L2-normalised:
 
 :func:`topk` runs on either. :func:`threshold_counts`, which serves both directions of
 a slide pair from one block, exists only as blocked products; FAISS would need two
-searches. ``backend="auto"`` (:func:`resolve_backend`) picks per device the faster
-top-k measured by ``benchmarks/plism_metrics.py --backends``.
+searches. ``backend="auto"`` (:func:`resolve_backend`) is the torch backend: it was
+the faster (or as fast) top-k in ``benchmarks/plism_metrics.py --backends``.
 
 Results are exact in the sense the callers need: scores are float32 values whose
 error against the exact inner product is bounded by :func:`float32_error_bound`, so a
@@ -81,12 +81,16 @@ def resolve_device(device: str | torch.device = "cpu") -> torch.device:
 def resolve_backend(backend: str = "auto", device: str | torch.device = "cpu") -> str:
     """The top-k backend ``backend`` stands for on ``device``; checks that it is installed.
 
-    ``"auto"`` is ``"faiss"`` on the CPU when faiss is installed (its flat search, which
-    fuses the products with the top-k selection, measured faster than the torch backend's
-    top-k in ``benchmarks/plism_metrics.py --backends``) and ``"torch"`` otherwise.
+    ``"auto"`` is ``"torch"`` on every device. On the 2-core CPU of
+    ``benchmarks/plism_metrics.py --backends`` its top-11 self search ran at about FAISS's
+    rate for 2,000 x 768 features and faster for 4,000 x 1,536 and 8,139 x 768 (FAISS's
+    flat search was not the 4x slower reported with torch's MKL products, because the
+    torch backend multiplies with NumPy's BLAS on the CPU); on a GPU it keeps everything
+    in one library, with FAISS needing a separate GPU build.
     """
+    resolve_device(device)
     if backend == "auto":
-        return "faiss" if resolve_device(device).type == "cpu" and faiss_available() else "torch"
+        return "torch"
     if backend not in BACKENDS:
         raise PathbenchError(f"unknown retrieval backend {backend!r}: expected one of auto, {', '.join(BACKENDS)}.")
     if backend == "faiss" and not faiss_available():

@@ -263,6 +263,33 @@ def test_rows_are_yielded_in_the_order_of_the_pairs_given():
     assert set(rows[0]) == {"slide_a", "slide_b", "cosine_similarity", "top_1_accuracy", "top_2_accuracy"}
 
 
+class CountingFeatures(dict):
+    """A mapping that records which slides were read, and refuses one."""
+
+    def __init__(self, *args, forbidden: str, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.forbidden = forbidden
+        self.reads: list[str] = []
+
+    def __getitem__(self, key):
+        if key == self.forbidden:
+            raise AssertionError(f"slide {key} should not be read")
+        self.reads.append(key)
+        return super().__getitem__(key)
+
+
+def test_only_the_slides_of_the_pairs_are_read_and_the_cache_is_bounded():
+    rng = np.random.default_rng(17)
+    names = ["GM_AT2", "GM_P", "KR_P", "MY_P"]
+    features = CountingFeatures(gaussian_slides(rng, names, 20, 8), forbidden="MY_P")
+    pairs = pm.all_pairs(names[:3])
+    expected = list(pm.iter_pair_metrics(dict(features), pairs, progress=False))
+    rows = list(pm.iter_pair_metrics(features, pairs, progress=False, cache_bytes=0))
+    assert rows == expected
+    # With no cache budget, each pair reads what is not among the last two slides used.
+    assert len([r for r in features.reads if r in names[:3]]) <= 3 * 3 + 2 * len(pairs)
+
+
 def test_memmap_features_are_accepted(tmp_path):
     rng = np.random.default_rng(6)
     features = gaussian_slides(rng, ["GM_AT2", "GM_P"], 25, 16)

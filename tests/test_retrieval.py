@@ -141,7 +141,7 @@ def test_float32_products_stay_within_the_error_bound():
 def test_backend_and_device_errors_are_clear():
     with pytest.raises(PathbenchError, match="unknown retrieval backend"):
         retrieval.resolve_backend("annoy")
-    assert retrieval.resolve_backend("auto", "cpu") == ("faiss" if retrieval.faiss_available() else "torch")
+    assert retrieval.resolve_backend("auto", "cpu") == "torch"
     assert retrieval.resolve_backend("torch", "cpu") == "torch"
     assert retrieval.resolve_device("auto").type in ("cpu", "cuda")
     with pytest.raises(PathbenchError, match="unknown device"):

@@ -13,9 +13,11 @@ How the engine computes this exactly, without a 2n x 2n matrix:
 - ``rank_i = 1 + cross_i + self_i`` with ``cross_i`` the tiles ``b_j, j != i`` and ``self_i``
   the tiles ``a_j, j != i`` at or above the threshold. A hit needs ``rank_i <= k <= K``
   (``K = max(ks)``), so both counts are only needed up to ``K``: a count of ``K`` is a miss.
-- ``self_i`` needs only slide S1: each slide's top ``K + 1`` neighours (itself excluded)
-  are computed once and reused for all its pairs; ``cross`` needs one ``n x n`` block per
-  unordered pair, whose rows serve S1 -> S2 and whose columns serve S2 -> S1.
+- ``self_i`` needs only slide S1: each slide's top ``K + 1`` neighbours (itself excluded)
+  are computed once and reused for all its pairs (a list that cannot settle a count,
+  because its last entry is still close to the threshold, is recounted on the whole
+  slide); ``cross`` needs one ``n x n`` block per unordered pair, whose rows serve
+  S1 -> S2 and whose columns serve S2 -> S1. Work: (slides + pairs) blocks of n x n x d.
 - Ties: the threshold ``<a_i, b_i>`` and every score that could be tied with it are
   decided in float64 by one routine (:func:`exact_dots`: exact products of the float32
   features, summed in float64), so bitwise-equal operand pairs give bitwise-equal scores
@@ -25,7 +27,10 @@ How the engine computes this exactly, without a 2n x 2n matrix:
 
 Memory stays bounded: features are a mapping ``slide_id -> array-like`` (``np.memmap``
 works) and a slide is read, checked and normalised only when needed, with a small
-least-recently-used cache of normalised slides (``cache_bytes``).
+least-recently-used cache of normalised slides (``cache_bytes``, 2 GiB by default).
+Similarity blocks hold about 64 MiB. One pair at PLISM's full size (16,278 tiles x 2,560
+dims, memory-mapped) peaked at 1.3 GB resident; 91 slides add at most the cache and
+their neighbour lists (about 0.2 GB).
 """
 
 from __future__ import annotations
@@ -366,8 +371,7 @@ def iter_pair_metrics(
             subset (a resumed run passes only the pairs it still lacks).
         ks: the k of the top-k accuracies.
         backend: ``"auto"``, ``"torch"`` or ``"faiss"`` (see :mod:`pathbench.retrieval`);
-            all give identical results. ``"auto"`` takes each slide's neighbour list from
-            the faster top-k on the device and each pair from one block of products.
+            all give identical results.
         device: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"``.
         progress: show tqdm progress bars.
         cache_bytes: normalised slides kept in host memory (at least two are always kept).
@@ -384,9 +388,9 @@ def iter_pair_metrics(
 
     ks = _check_ks(ks)
     resolved_device = retrieval.resolve_device(device)
-    # Self lists are top-k searches: the backend asked for ("auto": the faster top-k on
-    # this device). The pair blocks use FAISS only when asked for by name: one block of
-    # products serves both directions, where FAISS needs two searches.
+    # Self lists are top-k searches with the backend asked for. The pair blocks use FAISS
+    # only when asked for by name: one block of products serves both directions, where
+    # FAISS needs two searches.
     topk_backend = retrieval.resolve_backend(backend, resolved_device)
     pair_backend = "faiss" if backend == "faiss" else "torch"
     pairs = [tuple(p) for p in pairs]
