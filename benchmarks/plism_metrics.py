@@ -152,7 +152,10 @@ def main() -> None:
     if dense:
         dense_total = dense_s * len(pairs) / dense_count
         scaled = "" if dense_count == len(pairs) else f" (timed on {dense_count} pairs, scaled)"
+        block_s = 2.0 * n * n * dim / rate / 1e9
         print(f"dense 2n x 2n fp32 numpy: {dense_total:.2f} s{scaled}; engine is {dense_total / engine_s:.2f}x faster")
+        print(f"  per pair, in plain n x n x d products at the median rate: dense {dense_total / len(pairs) / block_s:.2f}, "
+              f"engine {engine_s / len(pairs) / block_s:.2f} (NumPy computes x @ x.T as a symmetric product)")
         differ = [
             i for i, (d, r) in enumerate(zip(dense_rows, rows, strict=False)) if any(abs(d[m] - r[m]) > 1e-6 for m in d)
         ]
