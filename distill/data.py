@@ -308,8 +308,9 @@ class HubSource:
 class HubStreamSamples(IterableDataset):
     """Iterable over this process's batches of a :class:`HubSource` for steps ``start .. stop - 1``.
 
-    Data-loader worker ``w`` of ``W`` prepares the batches of steps ``s`` with ``s mod W == w``;
-    the loader's round-robin over workers then yields the steps in order.
+    Worker ``w`` of ``W`` (when iterated inside a data-loader worker) prepares the batches of
+    steps ``s`` with ``s mod W == w``; the loader's round-robin over workers then yields the steps
+    in order. :func:`make_loader` reads hub streams in the main process (see there).
     """
 
     def __init__(self, source: HubSource, crops: MultiCrop, seed: int, batches: StepBatches):
@@ -364,12 +365,13 @@ def make_loader(
 ) -> DataLoader:
     """A DataLoader yielding ``(globals (2, b, 3, G, G), locals (L, b, 3, l, l))`` per step."""
     if isinstance(source, HubSource):
-        return DataLoader(
-            HubStreamSamples(source, crops, seed, batches),
-            batch_size=None,
-            num_workers=num_workers,
-            pin_memory=pin_memory,
-        )
+        if num_workers:
+            # Inside data-loader workers, datasets splits a stream's files among the workers,
+            # which would make the rows a worker sees depend on the number of workers.
+            logger.info("hub streams are read in the main process (data.num_workers ignored); for large runs, "
+                        "download the dataset's parquet files and pass their folder to --data")
+        return DataLoader(HubStreamSamples(source, crops, seed, batches), batch_size=None, num_workers=0,
+                          pin_memory=pin_memory)
     return DataLoader(
         MultiCropSamples(source, crops, seed),
         batch_sampler=batches,

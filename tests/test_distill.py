@@ -429,3 +429,14 @@ def test_registry_skips_a_broken_student_with_a_warning(tmp_path, monkeypatch):
         warnings.simplefilter("always")
         assert discover_students() == []
     assert any("unusable" in str(w.message) for w in caught)
+
+
+def test_batches_do_not_depend_on_the_number_of_loader_workers():
+    from distill.data import make_loader
+
+    tiles = synthetic_tiles(10, size=32)
+    crops = MultiCrop(28, local_number=1, local_size=14)
+    alone = [g for g, _ in make_loader(tiles, crops, 0, StepBatches(0, 4, 4, 0, 1), num_workers=0)]
+    workers = [g for g, _ in make_loader(tiles, crops, 0, StepBatches(0, 4, 4, 0, 1), num_workers=2)]
+    assert len(alone) == len(workers) == 4
+    assert all(torch.equal(a, b) for a, b in zip(alone, workers, strict=True))
