@@ -648,7 +648,15 @@ def plot_loss_curve(log_path: Path, png_path: Path) -> None:
     for key in keys:
         xs = [s for s in steps if key in records[s]]
         ax_loss.plot(xs, [records[s][key] for s in xs], label=key, linewidth=2 if key == "loss" else 1)
+    switches = [s for prev, s in zip(steps, steps[1:], strict=False)
+                if records[s].get("stage") != records[prev].get("stage")]
+    for ax in (ax_loss, ax_lr):
+        for step in switches:
+            ax.axvline(step, color="grey", linestyle="--", linewidth=1)
+    if switches:
+        ax_loss.text(switches[0], ax_loss.get_ylim()[1], " distillation starts", va="top", fontsize=8, color="grey")
     ax_loss.set_ylabel("loss")
+    ax_loss.set_title(f"distillation losses ({log_path.parent.name})", fontsize=9)
     ax_loss.legend(fontsize=8)
     ax_loss.grid(alpha=0.3)
     ax_lr.plot(steps, [records[s]["lr"] for s in steps], color="black")
