@@ -94,6 +94,8 @@ class OptimConfig:
     weight_decay: float = 0.04
     weight_decay_end: float = 0.4
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    layerwise_decay: float = 0.9  # DINOv2's learning-rate decay per block from the top (1.0: off)
+    patch_embed_lr_mult: float = 0.2  # DINOv2's extra factor on the patch projection's learning rate
     clip_grad: float = 3.0
     freeze_last_layer_epochs: float = 1
     ema_momentum: float = 0.994

@@ -19,6 +19,7 @@ import json
 import logging
 import math
 import os
+import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -109,19 +110,37 @@ def ema_update(ema: nn.Module, online: nn.Module, momentum: float) -> None:
         be.copy_(bo)
 
 
-def param_groups(module: nn.Module) -> list[dict[str, Any]]:
-    """AdamW groups: no weight decay on biases, norms, layer scales, tokens, positions and the
-    weight-norm magnitudes; prototype layers flagged so their gradients can be cancelled."""
+def param_groups(module: nn.Module, layerwise_decay: float = 1.0, patch_embed_lr_mult: float = 1.0) -> list[dict[str, Any]]:
+    """AdamW parameter groups.
+
+    No weight decay on biases, norms, layer scales, tokens, positions and the weight-norm
+    magnitudes; prototype layers flagged (``last_layer``) so their gradients can be cancelled.
+    ``lr_mult`` follows DINOv2: block ``i`` of ``n`` gets ``layerwise_decay ** (n - i)``, the
+    embeddings ``layerwise_decay ** (n + 1)`` (times ``patch_embed_lr_mult`` for the patch
+    projection), the final norm and the heads 1.
+    """
     last = {id(p) for p in last_layer_parameters(module)}
-    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+    n_blocks = 1 + max((int(m.group(1)) for m in (re.search(r"\bblocks\.(\d+)\.", n)
+                                                   for n, _ in module.named_parameters()) if m), default=-1)
+    groups: dict[tuple[bool, bool, float], list[nn.Parameter]] = {}
     for name, p in module.named_parameters():
         if not p.requires_grad:
             continue
         no_decay = p.ndim <= 1 or name.endswith(("pos_embed", "cls_token", "reg_token")) or "original0" in name
-        groups.setdefault((not no_decay, id(p) in last), []).append(p)
+        block = re.search(r"\bblocks\.(\d+)\.", name)
+        if block:
+            layer = int(block.group(1)) + 1
+        elif re.search(r"(patch_embed|pos_embed|cls_token|reg_token)", name):
+            layer = 0
+        else:
+            layer = n_blocks + 1
+        mult = layerwise_decay ** (n_blocks + 1 - layer)
+        if "patch_embed" in name:
+            mult *= patch_embed_lr_mult
+        groups.setdefault((not no_decay, id(p) in last, mult), []).append(p)
     return [
-        {"params": params, "apply_wd": wd, "last_layer": is_last, "lr": 0.0, "weight_decay": 0.0}
-        for (wd, is_last), params in sorted(groups.items())
+        {"params": params, "apply_wd": wd, "last_layer": is_last, "lr_mult": mult, "lr": 0.0, "weight_decay": 0.0}
+        for (wd, is_last, mult), params in sorted(groups.items())
     ]
 
 
@@ -258,7 +277,10 @@ class Distiller:
             self.fit_model = self._wrap(self.fit_student)
             self.fit_schedules = Schedules.for_stage(cfg, self.fit_iters, cfg.optim.fit_heads_lr)
 
-        self.optimizer = torch.optim.AdamW(param_groups(self.student), betas=tuple(cfg.optim.betas))
+        self.optimizer = torch.optim.AdamW(
+            param_groups(self.student, cfg.optim.layerwise_decay, cfg.optim.patch_embed_lr_mult),
+            betas=tuple(cfg.optim.betas),
+        )
         self.model = self._wrap(self.student)
         self.schedules = Schedules.for_stage(cfg, cfg.optim.iterations, cfg.scaled_lr())
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.precision == "fp16")
@@ -408,7 +430,7 @@ class Distiller:
     def _optimise(self, loss, model, module, optimizer, sch: Schedules, it: int) -> dict[str, float]:
         lr, wd = sch.lr(it), sch.wd(it)
         for group in optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group["lr_mult"]
             group["weight_decay"] = wd if group["apply_wd"] else 0.0
         optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()

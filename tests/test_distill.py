@@ -259,6 +259,14 @@ def test_param_groups_exempt_norms_biases_and_tokens_from_weight_decay():
     assert last == {f"heads.{h}.last_layer.parametrizations.weight.original{i}" for h in ("dino", "ibot") for i in (0, 1)}
     total = sum(len(g["params"]) for g in groups)
     assert total == len(list(student.parameters()))
+    # DINOv2's layer-wise learning-rate decay: the smoke student has 2 blocks.
+    mult = {names[id(p)]: g["lr_mult"] for g in param_groups(student, 0.5, 0.2) for p in g["params"]}
+    prefix = "backbone.backbone."
+    assert mult[prefix + "blocks.1.attn.qkv.weight"] == pytest.approx(0.5)
+    assert mult[prefix + "blocks.0.mlp.fc1.weight"] == pytest.approx(0.25)
+    assert mult[prefix + "cls_token"] == pytest.approx(0.125)
+    assert mult[prefix + "patch_embed.proj.weight"] == pytest.approx(0.125 * 0.2)
+    assert mult[prefix + "norm.weight"] == 1.0 and mult["heads.ibot.mlp.0.weight"] == 1.0
 
 
 # ---- augmentations and data ------------------------------------------------------------------
