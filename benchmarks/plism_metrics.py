@@ -156,6 +156,10 @@ def main() -> None:
         print(f"dense 2n x 2n fp32 numpy: {dense_total:.2f} s{scaled}; engine is {dense_total / engine_s:.2f}x faster")
         print(f"  per pair, in plain n x n x d products at the median rate: dense {dense_total / len(pairs) / block_s:.2f}, "
               f"engine {engine_s / len(pairs) / block_s:.2f} (NumPy computes x @ x.T as a symmetric product)")
+        # The dense version's x @ x.T is a symmetric product worth 3 blocks (two self, one
+        # cross) per pair; the engine needs one per pair plus one per slide.
+        ideal = 3 * len(pairs) / (len(pairs) + args.slides)
+        print(f"  flop ratio of the two at equal rates: 3 x pairs / (slides + pairs) = {ideal:.2f}")
         differ = [
             i for i, (d, r) in enumerate(zip(dense_rows, rows, strict=False)) if any(abs(d[m] - r[m]) > 1e-6 for m in d)
         ]
