@@ -36,7 +36,14 @@ from distill.schedules import CosineSchedule, LinearWarmup
 from distill.train import ema_update, param_groups
 from pathbench.errors import PathbenchError
 
-torch.set_num_threads(1)
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny networks run fastest on one thread; the setting is restored for other test files."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 # ---- numpy references ------------------------------------------------------------------------
