@@ -1,7 +1,8 @@
 """``make demo``: every benchmark end to end, offline, on built-in synthetic data.
 
 Runs a random-weight ViT (``vit-tiny-random``) through PLISM (simulated from real CC0 H&E
-tissue), HEST and the four EVA patch tasks, then prints the PLISM leaderboard with the
+tissue), HEST and the four EVA patch tasks, distils a small student with the smoke
+configuration and evaluates it on PLISM, then prints the PLISM leaderboard with the
 published reference models and writes an HTML report. Nothing here needs the network.
 """
 
@@ -22,7 +23,11 @@ STEPS: tuple[tuple[str, Sequence[str]], ...] = (
      ("evaluate", "--model", MODEL, "--bench", "hest", "--data", "synthetic")),
     ("EVA patch classification (synthetic BACH, CRC, MHIST, PCam)",
      ("evaluate", "--model", MODEL, "--bench", "eva", "--data", "synthetic")),
-    ("PLISM leaderboard: the demo model beside the published numbers",
+    ("Distillation smoke run: DINO + iBOT from a small teacher into a student (CPU, about a minute)",
+     ("distill", "--config", "smoke", "--out", "pathbench-results/distill/smoke", "--no-progress")),
+    ("PLISM on the distilled student, found through the registry like any plugin model",
+     ("evaluate", "--model", "distilled:smoke-student", "--bench", "plism", "--data", "synthetic")),
+    ("PLISM leaderboard: the demo models beside the published numbers",
      ("leaderboard", "--bench", "plism")),
     ("HTML report", ("leaderboard", "--bench", "plism", "--format", "html", "--out", "pathbench-results/report.html")),
 )

@@ -177,7 +177,8 @@ class _TileCollate:
         if all(t.shape == first for t in tiles) and first[:2] == (self.spec.crop, self.spec.crop):
             batch = torch.from_numpy(np.stack(tiles)).permute(0, 3, 1, 2)
             return resize_crop(batch, self.spec)
-        return torch.stack([resize_crop(torch.from_numpy(t).permute(2, 0, 1), self.spec) for t in tiles])
+        # torch.tensor copies: readers may hand out read-only arrays (PIL views, memory maps).
+        return torch.stack([resize_crop(torch.tensor(t).permute(2, 0, 1), self.spec) for t in tiles])
 
 
 def _shard_batches(shards: Sequence[int], n_items: int, shard_size: int, batch_size: int) -> Iterator[list[int]]:

@@ -116,6 +116,11 @@ def get_spec(name: str) -> ModelSpec:
         return hf_spec(name.removeprefix("hf:"))
     load_plugins()
     specs = _all_specs()
+    if name not in specs:
+        # Plugins may offer models that appeared since they were first asked (a student
+        # exported by `pathbench distill` in this same process): ask them once more.
+        load_plugins(force=True)
+        specs = _all_specs()
     if name in specs:
         return specs[name]
     close = difflib.get_close_matches(name, list(specs), n=3, cutoff=0.5)
