@@ -28,3 +28,15 @@ def test_written_files_get_ordinary_permissions(tmp_path):
         os.umask(previous)
     assert stat.S_IMODE((tmp_path / "run.json").stat().st_mode) == 0o644
     assert _io.read_json(tmp_path / "run.json") == {"a": 1}
+
+
+def test_a_folder_is_swapped_in_only_when_complete(tmp_path):
+    target = tmp_path / "task"
+    with _io.atomic_directory(target) as staging:
+        (staging / "a.txt").write_text("1")
+    assert (target / "a.txt").read_text() == "1"
+    with pytest.raises(RuntimeError), _io.atomic_directory(target) as staging:
+        (staging / "b.txt").write_text("partial")
+        raise RuntimeError("interrupted")
+    assert sorted(p.name for p in target.iterdir()) == ["a.txt"]
+    assert [p.name for p in tmp_path.iterdir()] == ["task"]

@@ -18,8 +18,6 @@ Layouts (see :mod:`pathbench.data.eva`):
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import h5py
@@ -27,7 +25,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from pathbench._io import read_json, write_csv, write_json
+from pathbench._io import atomic_directory, read_json, write_csv, write_json
 from pathbench.data.eva import BACH_CLASSES, CRC_CLASSES, CRC_SPLIT_DIRS, MHIST_CLASSES, TASK_DATA
 
 GENERATOR_VERSION = 4
@@ -160,14 +158,7 @@ def make_synthetic_eva(
         if marker.is_file() and read_json(marker) == params:
             continue
         rng = np.random.default_rng([seed, list(_WRITERS).index(task)])
-        staging = Path(tempfile.mkdtemp(prefix=f".{task}.", dir=root))
-        try:
+        with atomic_directory(task_dir) as staging:
             _WRITERS[task](staging, rng, sizes[task])
             write_json(staging / "synthetic.json", params)
-            if task_dir.exists():
-                shutil.rmtree(task_dir)
-            os.replace(staging, task_dir)
-        finally:
-            if staging.exists():
-                shutil.rmtree(staging, ignore_errors=True)
     return root

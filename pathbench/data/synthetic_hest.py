@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +27,7 @@ import h5py
 import numpy as np
 import pandas as pd
 
-from pathbench._io import read_json, write_csv, write_json
+from pathbench._io import atomic_directory, read_json, write_csv, write_json
 
 GENERATOR_VERSION = 2
 TILE_SIZE = 224
@@ -186,17 +184,9 @@ def make_synthetic_hest(
             continue
         # seeded by the task's name, so a task is the same whichever other tasks are written
         rng = np.random.default_rng([seed, zlib.crc32(task.name.encode())])
-        staging = Path(tempfile.mkdtemp(prefix=f".{task.name}.", dir=root))
-        staging.chmod(0o755)
-        try:
+        with atomic_directory(task_dir) as staging:
             _write_task(staging, task, rng, spots_per_sample, n_genes_total)
             write_json(staging / "synthetic.json", params)
-            if task_dir.exists():
-                shutil.rmtree(task_dir)
-            os.replace(staging, task_dir)
-        finally:
-            if staging.exists():
-                shutil.rmtree(staging, ignore_errors=True)
     return root
 
 
