@@ -133,10 +133,12 @@ def _extract(args: argparse.Namespace) -> int:
     from pathbench.data.base import ImageFolderDataset
     from pathbench.features import extract_features, init_distributed_from_env
 
-    init_distributed_from_env()
+    distributed = init_distributed_from_env()
     extractor = cli_common.extractor_from_args(args)
     dataset = ImageFolderDataset(args.data)
     features = extract_features(extractor, dataset, **cli_common.extraction_options(args))
+    if distributed and torch_rank() != 0:  # every rank extracted its shards; one reports and exports
+        return 0
     print(f"{len(features)} embeddings of dim {features.shape[1]} in {features.path}")
     if args.out:
         out = Path(args.out)
@@ -144,6 +146,13 @@ def _extract(args: argparse.Namespace) -> int:
         _io.write_text(out / "item_ids.txt", "\n".join(features.item_ids) + "\n")
         print(f"wrote {out / 'embeddings.npy'} and {out / 'item_ids.txt'}")
     return 0
+
+
+def torch_rank() -> int:
+    """This process's rank in a ``torchrun`` job (0 outside one)."""
+    import torch.distributed as dist
+
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
 def _evaluate(argv: list[str]) -> int:
