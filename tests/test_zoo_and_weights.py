@@ -149,3 +149,25 @@ def test_missing_token_names_the_page_and_the_login(monkeypatch):
 def test_remote_code_models_need_an_explicit_flag():
     with pytest.raises(Exception, match="--trust-remote-code"):
         load_extractor("hibou-l")
+
+
+def test_hf_models_load_from_a_hub_snapshot_and_read_their_layout(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    source = load_extractor("phikon-tiny-random", device="cpu")
+    snapshot = tmp_path / "snapshots" / "0123abcd"
+    source.model.backbone.save_pretrained(snapshot)
+    asked = {}
+
+    def fake_snapshot_download(repo_id, allow_patterns=None, **kwargs):
+        asked.update(repo_id=repo_id, allow_patterns=allow_patterns)
+        return str(snapshot)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    extractor = load_extractor("hf:acme/tiny-vit", device="cpu")
+    assert asked["repo_id"] == "acme/tiny-vit" and "*.safetensors" in asked["allow_patterns"]
+    assert extractor.spec.embed_dim == 64 and extractor.num_prefix_tokens == 1
+    assert extractor.weights_fingerprint == "hf-commit:0123abcd"
+    tiles = torch.from_numpy(np.random.default_rng(3).integers(0, 256, (2, 224, 224, 3), dtype=np.uint8))
+    assert torch.allclose(extractor.embed(tiles, pooling="cls+mean"), source.embed(tiles, pooling="cls+mean"),
+                          atol=1e-5)
