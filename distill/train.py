@@ -173,6 +173,15 @@ class Schedules:
         )
 
 
+def _step_record(record: dict, stage: str, loss: torch.Tensor, terms: dict, teacher_temp: float,
+                 ema_momentum: float, start: float, timer: _Timer) -> dict:
+    """The log line of one DINO + iBOT step: loss terms, schedules and timings."""
+    record.update({k: float(v.detach()) for k, v in terms.items()})
+    record.update(stage=stage, loss=float(loss.detach()), teacher_temp=teacher_temp, ema_momentum=ema_momentum,
+                  step_s=time.perf_counter() - start, teacher_s=timer.seconds)
+    return record
+
+
 class _Timer:
     """Wall time of a block, synchronising CUDA so asynchronous kernels are counted."""
 
@@ -367,16 +376,7 @@ class Distiller:
             loss, terms = self._dino_ibot_loss(out, t_cls, t_patch, n_global, b)
         record = self._optimise(loss, self.model, self.student, self.optimizer, sch, it)
         ema_update(self.ema, self.student.backbone, sch.momentum(it))
-        record.update({k: float(v.detach()) for k, v in terms.items()})
-        record.update(
-            stage="distill",
-            loss=float(loss.detach()),
-            teacher_temp=temp,
-            ema_momentum=sch.momentum(it),
-            step_s=time.perf_counter() - start,
-            teacher_s=timer.seconds,
-        )
-        return record
+        return _step_record(record, "distill", loss, terms, temp, sch.momentum(it), start, timer)
 
     def _dino_ibot_loss(self, out, t_cls, t_patch, n_global, b):
         cfg = self.cfg
@@ -411,16 +411,7 @@ class Distiller:
         loss, terms = self._dino_ibot_loss(out, t_cls, t_patch, n_global, b)
         record = self._optimise(loss, self.fit_model, self.fit_student, self.fit_optimizer, sch, it)
         ema_update(self.fit_ema, self.fit_student.heads, sch.momentum(it))
-        record.update({k: float(v.detach()) for k, v in terms.items()})
-        record.update(
-            stage="fit-heads",
-            loss=float(loss.detach()),
-            teacher_temp=temp,
-            ema_momentum=sch.momentum(it),
-            step_s=time.perf_counter() - start,
-            teacher_s=timer.seconds,
-        )
-        return record
+        return _step_record(record, "fit-heads", loss, terms, temp, sch.momentum(it), start, timer)
 
     def _finish_fit_heads(self) -> None:
         """The fitted heads' EMA becomes the teacher's heads for the distillation stage."""

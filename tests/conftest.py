@@ -19,6 +19,17 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     yield cache
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Run a module's tests on one torch thread; the setting is restored afterwards."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tiny_extractor():
     """The random-weight ViT-Ti used across tests (built once per session)."""

@@ -36,14 +36,8 @@ from distill.schedules import CosineSchedule, LinearWarmup
 from distill.train import ema_update, param_groups
 from pathbench.errors import PathbenchError
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny networks run fastest on one thread; the setting is restored for other test files."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny networks run fastest on one thread (see conftest.one_torch_thread).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # ---- numpy references ------------------------------------------------------------------------

@@ -19,14 +19,8 @@ from distill.train import DistEnv, Distiller, train
 from pathbench.errors import PathbenchError
 from pathbench.extractors import ModelSpec
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny networks run fastest on one thread; the setting is restored for other test files."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny networks run fastest on one thread (see conftest.one_torch_thread).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 # A 2-block ViT with 8-pixel patches on 64-pixel inputs (8x8 grid, 1 register): its grid
 # differs from the student's 4x4, so the teacher-grid interpolation is exercised too.
