@@ -413,3 +413,12 @@ def test_progress_is_checkpointed_while_pairs_are_computed(tmp_path, monkeypatch
     )
     assert seen == [0, 0, 2, 2, 4, 4]  # as a kill -9 would find the folder before each pair
     assert not list(out.glob(".pairs-partial-*.csv"))
+
+
+def test_a_missing_features_dir_is_reported_before_any_download(tmp_path, capsys):
+    from pathbench.cli import main
+
+    status = main(["evaluate", "--bench", "plism", "--features-dir", str(tmp_path / "none"), "--model-name", "x"])
+    assert status == 2
+    err = capsys.readouterr().err
+    assert "no such folder" in err and "features.npy" in err and "download" not in err

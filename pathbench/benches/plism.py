@@ -99,7 +99,6 @@ def run(args: argparse.Namespace, bench_options: str | None) -> int:
         raise PathbenchError("give either --n-tiles or --tile-subset, not both.")
     progress = not args.no_progress
     subset_spec: str = args.tile_subset or args.n_tiles or ("all" if args.data == "synthetic" else "8139")
-    tile_subset = plism_data.load_tile_subset(subset_spec, cache_dir=args.cache_dir)
     metrics_device = args.device if args.device == "cpu" or args.device.startswith("cuda") else "auto"
     if args.device == "mps":
         metrics_device = "cpu"
@@ -111,6 +110,13 @@ def run(args: argparse.Namespace, bench_options: str | None) -> int:
             )
         if not args.model_name:
             raise PathbenchError("--features-dir needs --model-name NAME to file the results under.")
+        if not Path(args.features_dir).is_dir():
+            raise DataError(
+                f"--features-dir {args.features_dir}: no such folder; expected plismbench's layout "
+                "<dir>/<slide_id>/features.npy."
+            )
+        # the inputs are checked before the tile subset is fetched (which may need the network)
+        tile_subset = plism_data.load_tile_subset(subset_spec, cache_dir=args.cache_dir)
         features = plism_data.PlismbenchFeatures(
             args.features_dir, args.stainings, args.scanners, tile_subset
         )
@@ -123,6 +129,8 @@ def run(args: argparse.Namespace, bench_options: str | None) -> int:
     else:
         model_name = cli_common.model_label(args)
         # the data is checked before the model is loaded (or its weights downloaded)
+        # the subset is settled before the (possibly long) download of the slides
+        tile_subset = plism_data.load_tile_subset(subset_spec, cache_dir=args.cache_dir)
         slides, source = open_plism(args.data, args.stainings, args.scanners, args.cache_dir, progress)
         slides = align_and_subset(slides, tile_subset)
         extractor = cli_common.extractor_from_args(args, bench="plism")
