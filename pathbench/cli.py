@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
 
-from pathbench import __version__, cli_common
+from pathbench import __version__, cli_common, leaderboard
 from pathbench.errors import PathbenchError
 
 COMMANDS_GROUP = "pathbench.commands"
@@ -72,9 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("--bench", required=True)
 
-    leaderboard = commands.add_parser("leaderboard", help="tables, plots and reports from your runs")
-    leaderboard.set_defaults(func=_leaderboard)
-    _add_leaderboard_arguments(leaderboard)
+    board = commands.add_parser("leaderboard", help="tables, plots and reports from your runs")
+    leaderboard.add_arguments(board)
+    board.set_defaults(func=leaderboard.run)
 
     for entry_point in metadata.entry_points(group=COMMANDS_GROUP):
         try:
@@ -176,20 +176,6 @@ def _evaluate(argv: list[str]) -> int:
     bench.add_arguments(parser)
     args = parser.parse_args(argv)
     return int(bench.run(args, options) or 0)
-
-
-def _add_leaderboard_arguments(parser: argparse.ArgumentParser) -> None:
-    try:
-        from pathbench import leaderboard
-    except ImportError:
-        return
-    leaderboard.add_arguments(parser)
-
-
-def _leaderboard(args: argparse.Namespace) -> int:
-    from pathbench import leaderboard
-
-    return int(leaderboard.run(args) or 0)
 
 
 if __name__ == "__main__":
