@@ -52,7 +52,7 @@ def test_probe_uses_the_reduced_rate_in_the_first_five_epochs_only():
     # One item, batch 1: each epoch is one step, so step s runs in epoch s - 1.
     protocol = ProbeProtocol(runs=1, patience=100, max_steps=8, batch_size=1)
     seen = []
-    import pathbench.heads as heads
+    import pathbench.heads.linear as heads
 
     original = heads.adamw_step_
 
