@@ -28,7 +28,7 @@ SPEC_FORMAT = "pathbench-distilled-student/1"
 
 def pathbench_cache_dir() -> Path:
     """pathbench's cache root (``$PATHBENCH_CACHE``, default ``~/.cache/pathbench``)."""
-    from pathbench.features import cache_root
+    from pathbench.settings import cache_root
 
     return cache_root()
 

@@ -37,19 +37,10 @@ from pathbench.data.base import ids_digest
 from pathbench.errors import DataError, PathbenchError
 from pathbench.extractors.base import Extractor, pool_tokens, resize_crop
 from pathbench.extractors.spec import ModelSpec
+from pathbench.settings import cache_root
 
 FORMAT_VERSION = 1
 _SHARD = re.compile(r"^shard-(\d{5,})\.npy$")
-
-
-def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
-    """The pathbench cache: ``cache_dir``, else ``$PATHBENCH_CACHE``, else ``~/.cache/pathbench``."""
-    if cache_dir:
-        return Path(cache_dir).expanduser()
-    env = os.environ.get("PATHBENCH_CACHE")
-    if env:
-        return Path(env).expanduser()
-    return Path.home() / ".cache" / "pathbench"
 
 
 @dataclasses.dataclass
@@ -65,6 +56,17 @@ class Features:
     item_ids: list[str]
     key: str
     path: Path
+    computed: int = 0
+    seconds: float = 0.0
+
+    @property
+    def tiles_per_s(self) -> float | None:
+        """Throughput of the extraction that filled this entry: this call's when it computed
+        anything, else the one recorded in the entry's manifest (None when unknown)."""
+        if self.computed and self.seconds > 0:
+            return self.computed / self.seconds
+        recorded = _io.read_json(self.path / "manifest.json").get("tiles_per_s")
+        return float(recorded) if recorded else None
 
     @cached_property
     def array(self) -> np.ndarray:
@@ -148,6 +150,7 @@ def extract_features(
     n_items = len(dataset)
     n_shards = max(1, -(-n_items // shard_size))
     rank, world = _rank_and_world()
+    started = time.perf_counter()
     dim = extractor.output_dim(pooling)
     mine = [s for s in range(n_shards) if s % world == rank]
     pending = [s for s in mine if not _valid_shard(entry, s, _shard_rows(s, n_items, shard_size), dim)]
@@ -159,11 +162,16 @@ def extract_features(
             total_items=sum(_shard_rows(s, n_items, shard_size) for s in mine),
             desc=desc or f"{extractor.name} [{pooling}]",
         )
+    computed = sum(_shard_rows(s, n_items, shard_size) for s in pending)
+    seconds = time.perf_counter() - started
     _barrier()
     if rank == 0:
-        _finalise(entry, n_shards, n_items, shard_size, dim, dataset.item_ids)
+        rate = computed / seconds if computed and seconds > 0 else None
+        _finalise(entry, n_shards, n_items, shard_size, dim, dataset.item_ids, tiles_per_s=rate)
     _barrier()
-    return _read_complete(entry, key, dataset.item_ids)
+    features = _read_complete(entry, key, dataset.item_ids)
+    features.computed, features.seconds = computed, seconds
+    return features
 
 
 class _TileCollate:
@@ -262,7 +270,8 @@ def _valid_shard(entry: Path, shard: int, rows: int, dim: int) -> bool:
     return ok
 
 
-def _finalise(entry: Path, n_shards: int, n_items: int, shard_size: int, dim: int, item_ids: list[str]) -> None:
+def _finalise(entry: Path, n_shards: int, n_items: int, shard_size: int, dim: int, item_ids: list[str],
+              tiles_per_s: float | None = None) -> None:
     """Join the shards into ``features.npy`` (streamed, bounded memory), then write the manifest."""
     if (entry / "manifest.json").is_file():
         return
@@ -283,7 +292,8 @@ def _finalise(entry: Path, n_shards: int, n_items: int, shard_size: int, dim: in
     _io.write_json(entry / "item_ids.json", item_ids)
     _io.write_json(
         entry / "manifest.json",
-        {"format": FORMAT_VERSION, "n_items": n_items, "dim": dim, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
+        {"format": FORMAT_VERSION, "n_items": n_items, "dim": dim, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+         "tiles_per_s": tiles_per_s},
     )
     for shard in range(n_shards):
         with contextlib.suppress(FileNotFoundError):

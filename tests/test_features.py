@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 
@@ -157,8 +158,12 @@ def test_two_processes_give_the_same_features_as_one(tmp_path):
         capture_output=True, text=True, env=env, timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
+    with socket.socket() as probe:  # a free port: another test run may hold any fixed one
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    init = f"dist.init_process_group('gloo', rank=0, world_size=1, init_method='tcp://127.0.0.1:{port}')"
     single = subprocess.run(
-        [sys.executable, "-c", DISTRIBUTED_SCRIPT.replace("init_distributed_from_env()", "dist.init_process_group('gloo', rank=0, world_size=1, init_method='tcp://127.0.0.1:29533')"),
+        [sys.executable, "-c", DISTRIBUTED_SCRIPT.replace("init_distributed_from_env()", init),
          str(tmp_path / "cache1"), str(tmp_path / "one.npy")],
         capture_output=True, text=True, env=env, timeout=600,
     )

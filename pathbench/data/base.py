@@ -1,6 +1,6 @@
 """The dataset interface every reader implements, and two generic readers.
 
-A reader is a ``torch.utils.data.Dataset`` of uint8 RGB tiles ``(H, W, 3)`` that also has
+A reader is a map-style dataset (what ``torch.utils.data.DataLoader`` takes) of uint8 RGB tiles ``(H, W, 3)`` that also has
 ``item_ids`` (one stable identifier per item, in order) and ``fingerprint`` (the identity
 of the source). Together with the extractor's identity they key the feature cache.
 """
@@ -13,14 +13,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from torch.utils.data import Dataset
 
 from pathbench.errors import DataError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
 
 
-class TileDataset(Dataset):
+class TileDataset:
     """Base class: subclasses set ``item_ids`` and ``fingerprint`` and implement ``load``."""
 
     item_ids: list[str]

@@ -32,15 +32,18 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-import torch
 from tqdm.auto import tqdm
 
 from pathbench._io import atomic_write, write_csv
 from pathbench.data.base import TileDataset, read_image
 from pathbench.errors import DataError
+
+if TYPE_CHECKING:
+    import torch
 
 EVA_IMAGE_SIZE = 224
 
@@ -93,6 +96,7 @@ def resize_and_crop(image: np.ndarray, size: int = EVA_IMAGE_SIZE) -> np.ndarray
     Returns:
         ``(size, size, 3)`` uint8.
     """
+    import torch
     from torchvision.transforms.v2 import InterpolationMode
     from torchvision.transforms.v2 import functional as TF
 
@@ -349,6 +353,8 @@ def eva_save_name(origin: str) -> str:
 
 
 def _save_pt(path: Path, embedding: torch.Tensor) -> None:
+    import torch
+
     with atomic_write(path, "wb") as handle:
         torch.save([embedding], handle)
 
@@ -378,6 +384,8 @@ def write_eva_embeddings(
         The path of ``manifest.csv``.
     """
     out_dir = Path(out_dir)
+    import torch
+
     tensor = torch.as_tensor(np.asarray(embeddings) if not isinstance(embeddings, torch.Tensor) else embeddings)
     tensor = tensor.detach().to(torch.float32).cpu()
     n = tensor.shape[0]
@@ -415,6 +423,8 @@ class EvaEmbeddingSplit:
 
 
 def _load_pt(path: Path) -> torch.Tensor:
+    import torch
+
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
@@ -459,6 +469,8 @@ def read_eva_embeddings(
     dims = {int(t.shape[0]) for t in tensors}
     if len(dims) != 1:
         raise DataError(f"{folder}: embeddings of different sizes {sorted(dims)}.")
+    import torch
+
     matrix = torch.stack(tensors).numpy()
     targets = frame["target"].to_numpy()
     if not np.all(np.equal(np.mod(targets, 1), 0)):

@@ -42,7 +42,7 @@ from PIL import Image
 from pathbench._io import atomic_write, save_npy
 from pathbench.data.base import TileDataset, ids_digest
 from pathbench.errors import DataError, PathbenchError
-from pathbench.features import cache_root
+from pathbench.settings import cache_root
 
 STAININGS: tuple[str, ...] = tuple("GIV GIVH GM GMH GV GVH HR HRH KR KRH LM LMH MY".split())
 SCANNERS: tuple[str, ...] = tuple("AT2 GT450 P S210 S360 S60 SQ".split())

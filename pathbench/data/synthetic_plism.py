@@ -42,7 +42,7 @@ from PIL import Image, ImageFilter
 
 from pathbench._io import atomic_write, write_json
 from pathbench.data.plism import HUB_TILES_REPO, SCANNERS, STAININGS, slide_id_for
-from pathbench.features import cache_root
+from pathbench.settings import cache_root
 
 DEMO_STAININGS: tuple[str, ...] = ("GMH", "GIV", "HR")
 DEMO_SCANNERS: tuple[str, ...] = ("S60", "AT2", "GT450")

@@ -132,7 +132,7 @@ def file_fingerprint(path: str | os.PathLike) -> str:
     if _SHA256.match(real.name):
         return "sha256:" + real.name
     stat = real.stat()
-    from pathbench.features import cache_root
+    from pathbench.settings import cache_root
 
     memo_path = cache_root() / "fingerprints.json"
     memo_key = f"{real}|{stat.st_size}|{stat.st_mtime_ns}"
