@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # torch and torchvision are pinned to releases that import together on CPU-only machines.
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: venv demo test lint clean
+.PHONY: venv demo test lint leaderboards clean
 
 venv: $(STAMP)
 
@@ -22,6 +22,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# The published tables merged with the contributed runs, one Markdown file per benchmark.
+leaderboards: $(STAMP)
+	$(BIN)/pathbench leaderboard --all --results leaderboards/runs --out-dir leaderboards
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

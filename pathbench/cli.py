@@ -1,7 +1,9 @@
 """The ``pathbench`` command: a thin layer over the Python API.
 
-Commands: ``models``, ``extract``, ``evaluate``, ``leaderboard``, and any command another
-package adds through the entry-point group ``pathbench.commands``.
+Commands: ``models``, ``benchmarks``, ``extract``, ``evaluate``, ``leaderboard``, and any
+command another package adds through the entry-point group ``pathbench.commands``. Flags
+of ``evaluate`` are derived from the option dataclasses of the runner and of the chosen
+benchmark (:mod:`pathbench.cli_options`).
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
 
-from pathbench import __version__, cli_common, leaderboard
+from pathbench import __version__
 from pathbench.errors import PathbenchError
+from pathbench.settings import DEFAULT_RESULTS
 
 COMMANDS_GROUP = "pathbench.commands"
 
@@ -45,6 +48,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from pathbench.cli_options import add_options
+    from pathbench.runner import MODEL_OPTIONS, RunOptions
+
     parser = argparse.ArgumentParser(
         prog="pathbench", description="Benchmark-first evaluation of pathology foundation models."
     )
@@ -56,25 +62,30 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--json", action="store_true", help="machine-readable output")
     models.set_defaults(func=_models)
 
+    benchmarks = commands.add_parser("benchmarks", help="list every registered benchmark")
+    benchmarks.add_argument("--json", action="store_true", help="machine-readable output")
+    benchmarks.set_defaults(func=_benchmarks)
+
     extract = commands.add_parser("extract", help="embed a dataset into the feature cache (and export it)")
-    cli_common.add_model_arguments(extract, required=True)
-    extract.add_argument("--data", required=True, help="a folder of image files")
+    add_options(extract.add_argument_group("model"), RunOptions, only=MODEL_OPTIONS)
+    extract.add_argument("--data", required=True, help="a folder of image files (with --format FMT: the "
+                         "benchmark's data, e.g. eva's DATA_ROOT or synthetic)")
     extract.add_argument("--out", help="also write embeddings.npy and item_ids.txt to this folder")
-    # eva interoperability: --format eva writes eva's offline embeddings (manifest.csv + .pt files).
-    extract.add_argument("--format", choices=("npy", "eva"), default="npy",
-                         help="npy (default) or eva: --data is eva's DATA_ROOT (or synthetic), --out is "
-                              "EMBEDDINGS_ROOT/MODEL_NAME, one folder per task")
+    extract.add_argument("--format", default="npy",
+                         help="npy (default), or a benchmark's export format, e.g. eva: --data is eva's DATA_ROOT "
+                              "(or synthetic), --out is EMBEDDINGS_ROOT/MODEL_NAME, one folder per task")
+    extract.add_argument("--bench", help="with --format FMT: the benchmark whose data is exported (default: the one "
+                                         "that exports FMT)")
     extract.add_argument("--task", help="with --format eva: bach, crc, mhist, pcam (comma-separated; default all found)")
     extract.set_defaults(func=_extract)
 
-    evaluate = commands.add_parser(
-        "evaluate", help="run a benchmark: --bench plism | hest | eva[:tasks]", add_help=False
-    )
+    evaluate = commands.add_parser("evaluate", help="run a benchmark: --bench NAME[:OPTIONS] (see `pathbench "
+                                                    "benchmarks`)", add_help=False)
     evaluate.add_argument("--bench", required=True)
 
     board = commands.add_parser("leaderboard", help="tables, plots and reports from your runs")
-    leaderboard.add_arguments(board)
-    board.set_defaults(func=leaderboard.run)
+    _leaderboard_arguments(board)
+    board.set_defaults(func=_leaderboard)
 
     for entry_point in metadata.entry_points(group=COMMANDS_GROUP):
         try:
@@ -85,6 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# ------------------------------------------------------------------------------------
+# models, benchmarks
+# ------------------------------------------------------------------------------------
 def _models(args: argparse.Namespace) -> int:
     from pathbench.extractors import count_parameters, list_specs
 
@@ -124,19 +138,67 @@ def _models(args: argparse.Namespace) -> int:
     return 0
 
 
-def _extract(args: argparse.Namespace) -> int:
-    if args.format == "eva":
-        from pathbench.benches.eva import extract_command
+def _benchmarks(args: argparse.Namespace) -> int:
+    from pathbench.benches import list_benchmarks
 
-        return extract_command(args)
+    rows = [b.describe() for b in list_benchmarks()]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for row in rows:
+        inputs = "model" + (f" or precomputed ({', '.join(row['precomputed_inputs'])})"
+                            if row["precomputed_inputs"] else "")
+        print(f"{row['name']} ({row['protocol']}): {row['title']}")
+        print(f"  tasks:   {', '.join(t['label'] for t in row['tasks']) or '-'}")
+        print(f"  metrics: {', '.join(m['name'] for m in row['metrics'])}; headline: {', '.join(row['headline'])}")
+        print(f"  data:    {', '.join(row['data_sources']) or '-'}; inputs: {inputs}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------
+# extract
+# ------------------------------------------------------------------------------------
+def _extract(args: argparse.Namespace) -> int:
+    from pathbench.cli_options import options_from_args
+    from pathbench.runner import RunOptions
+
+    if args.format != "npy":
+        from pathbench.benches import get_benchmark, list_benchmarks
+        from pathbench.runner import extract
+
+        if not args.out:
+            raise PathbenchError(f"pathbench extract --format {args.format} needs --out (for eva: "
+                                 "EMBEDDINGS_ROOT/MODEL_NAME; each task is written to <out>/<task folder>/).")
+        if args.bench:
+            bench = get_benchmark(args.bench).name
+        else:
+            exporters = [b.name for b in list_benchmarks() if args.format in b.export_formats]
+            if not exporters:
+                raise PathbenchError(f"no benchmark exports --format {args.format}; formats: npy, "
+                                     + ", ".join(sorted({f for b in list_benchmarks() for f in b.export_formats})))
+            bench = exporters[0]
+        run = options_from_args(RunOptions, args)
+        options = {k: getattr(run, k) for k in ("weights", "pooling", "precision", "device", "batch_size",
+                                                 "num_workers", "cache_dir", "trust_remote_code", "progress")}
+        if args.task:
+            options["tasks"] = args.task
+        extract(args.model, bench, args.data, args.out, args.format, **options)
+        return 0
+    if args.task or args.bench:
+        raise PathbenchError("--task and --bench choose what a benchmark exports: they need --format (e.g. --format "
+                             "eva); without it, --data is a folder of image files.")
+    if not args.model:
+        raise PathbenchError("pathbench extract needs --model NAME (see `pathbench models`).")
     from pathbench import _io
     from pathbench.data.base import ImageFolderDataset
     from pathbench.features import extract_features, init_distributed_from_env
+    from pathbench.runner import load_run_extractor
 
+    run = options_from_args(RunOptions, args, data=args.data, out=args.out)
     distributed = init_distributed_from_env()
-    extractor = cli_common.extractor_from_args(args)
     dataset = ImageFolderDataset(args.data)
-    features = extract_features(extractor, dataset, **cli_common.extraction_options(args))
+    extractor = load_run_extractor(run, run.pooling or _default_pooling(run.model))
+    features = extract_features(extractor, dataset, **run.extraction())
     if distributed and torch_rank() != 0:  # every rank extracted its shards; one reports and exports
         return 0
     print(f"{len(features)} embeddings of dim {features.shape[1]} in {features.path}")
@@ -148,6 +210,12 @@ def _extract(args: argparse.Namespace) -> int:
     return 0
 
 
+def _default_pooling(model: str) -> str:
+    from pathbench.extractors import get_spec
+
+    return get_spec(model).default_pooling
+
+
 def torch_rank() -> int:
     """This process's rank in a ``torchrun`` job (0 outside one)."""
     import torch.distributed as dist
@@ -155,27 +223,111 @@ def torch_rank() -> int:
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
+# ------------------------------------------------------------------------------------
+# evaluate
+# ------------------------------------------------------------------------------------
 def _evaluate(argv: list[str]) -> int:
     """Two-stage parsing: ``--bench`` decides which benchmark's flags exist."""
-    from pathbench.benches import BENCHES, load_bench, parse_bench
+    from pathbench.benches import benchmark_names, parse_bench
+    from pathbench.cli_options import add_options, options_from_args
+    from pathbench.runner import MODEL_OPTIONS, RunOptions, run_benchmark
 
     pre = argparse.ArgumentParser(prog="pathbench evaluate", add_help=False)
     pre.add_argument("--bench")
     known, _ = pre.parse_known_args(argv)
     if not known.bench:
+        names = benchmark_names()
         if any(a in ("-h", "--help") for a in argv):
-            print(f"usage: pathbench evaluate --bench {{{','.join(BENCHES)}}} [options]; "
-                  "add --help after --bench NAME for that benchmark's options.")
+            print(f"usage: pathbench evaluate --bench {{{','.join(names)}}} [options]; "
+                  "add --help after --bench NAME for that benchmark's options (`pathbench benchmarks` lists them).")
             return 0
-        raise PathbenchError(f"pathbench evaluate needs --bench, one of {', '.join(BENCHES)}.")
-    name, options = parse_bench(known.bench)
-    bench = load_bench(name)
-    parser = argparse.ArgumentParser(prog=f"pathbench evaluate --bench {name}", description=bench.__doc__)
+        raise PathbenchError(f"pathbench evaluate needs --bench, one of {', '.join(names)}.")
+    benchmark, inline = parse_bench(known.bench)
+    module_doc = sys.modules[type(benchmark).__module__].__doc__ or benchmark.description
+    parser = argparse.ArgumentParser(prog=f"pathbench evaluate --bench {benchmark.name}", description=module_doc,
+                                     epilog=benchmark.epilog or None, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bench", required=True)
-    cli_common.add_evaluate_arguments(parser)
-    bench.add_arguments(parser)
+    add_options(parser.add_argument_group("model"), RunOptions, only=MODEL_OPTIONS)
+    add_options(parser.add_argument_group("data and results"), RunOptions, only=("data", "out", "model_name"))
+    add_options(parser.add_argument_group(benchmark.name), benchmark.Options)
     args = parser.parse_args(argv)
-    return int(bench.run(args, options) or 0)
+    run = options_from_args(RunOptions, args)
+    values = {}
+    if inline is not None:
+        if benchmark.inline_option is None:
+            raise PathbenchError(f"--bench {benchmark.name} takes no options after ':' (got {inline!r}).")
+        flag_value = getattr(args, benchmark.inline_option, None)
+        if flag_value not in (None, inline):
+            flag = "--" + benchmark.inline_option.replace("_", "-")
+            raise PathbenchError(f"--bench {benchmark.name}:{inline} and {flag} {flag_value} disagree; give the "
+                                 f"{benchmark.inline_option} once.")
+        values[benchmark.inline_option] = inline
+    options = options_from_args(benchmark.Options, args, **values)
+    run_benchmark(benchmark, run, options, echo=True)
+    return 0
+
+
+# ------------------------------------------------------------------------------------
+# leaderboard
+# ------------------------------------------------------------------------------------
+def _leaderboard_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--bench", help="benchmark whose results to tabulate (see `pathbench benchmarks`)")
+    parser.add_argument("--all", action="store_true", help="one table per registered benchmark, written to --out-dir")
+    parser.add_argument("--results", default=str(DEFAULT_RESULTS),
+                        help="results root holding <bench>/<model>/ folders (default ./pathbench-results)")
+    parser.add_argument("--reference", default=None,
+                        help="published reference rows: paper, plismbench (PLISM only) or none (default: the "
+                             "benchmark's)")
+    parser.add_argument("--format", default="md", choices=("md", "csv", "latex", "html"),
+                        help="md (default), csv, latex or html (full report)")
+    parser.add_argument("--out", default=None, help="write to this file instead of printing")
+    parser.add_argument("--out-dir", default=None, help="with --all: write <bench>.<format> files and a README.md "
+                                                        "index into this folder")
+    parser.add_argument("--plots", default=None, metavar="DIR", help="also write the plots as PNG files into DIR")
+    parser.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples (default 2000)")
+    parser.add_argument("--check-references", action="store_true",
+                        help="recompute every published average from its row and report disagreements")
+
+
+def _leaderboard(args: argparse.Namespace) -> int:
+    from pathbench import leaderboard
+
+    if args.n_boot < 1:
+        raise PathbenchError(f"--n-boot must be a positive number of resamples; got {args.n_boot}.")
+    if args.check_references:
+        checks = leaderboard.check_reference_averages()
+        for check in checks:
+            if not check.ok:
+                print(check.describe())
+        print(f"{sum(c.ok for c in checks)} of {len(checks)} published averages match their rows within "
+              f"{leaderboard.AVERAGE_TOLERANCE}.")
+        if not args.bench and not args.all:
+            return 0
+    if args.all:
+        if not args.out_dir:
+            raise PathbenchError("pathbench leaderboard --all writes one file per benchmark: give --out-dir DIR.")
+        written = leaderboard.publish(args.out_dir, args.results, fmt=args.format, n_boot=args.n_boot)
+        print(f"wrote {', '.join(str(p) for p in written)}")
+        return 0
+    if not args.bench:
+        raise PathbenchError("pathbench leaderboard needs --bench NAME (or --all --out-dir DIR); "
+                             "`pathbench benchmarks` lists the names.")
+    board = leaderboard.build_leaderboard(args.bench, args.results, args.reference, n_boot=args.n_boot)
+    text = leaderboard.render(board, args.format, plots_dir=args.plots)
+    if args.out:
+        from pathbench._io import write_text
+
+        write_text(args.out, text)
+        print(f"wrote {args.out} ({len(board.entries)} rows, {len(board.groups)} protocol(s), "
+              f"{len(board.skipped)} skipped run(s))")
+    else:
+        sys.stdout.write(text)
+    for skipped in board.skipped:
+        print(f"warning: {skipped.describe()}", file=sys.stderr)
+    if not board.runs and not board.skipped:
+        print(f"note: no {board.bench} run under {args.results} (expected <results>/{board.bench}/<model>/run.json); "
+              "the table shows the reference rows only.", file=sys.stderr)
+    return 0
 
 
 if __name__ == "__main__":

@@ -14,7 +14,8 @@ import pytest
 import scipy.stats
 
 from pathbench import leaderboard as lb
-from pathbench import stats
+from pathbench import results, stats
+from pathbench.benches import plism as plism_bench
 from pathbench.errors import PathbenchError
 
 STAININGS = ("GIV", "GM", "KR")
@@ -23,19 +24,23 @@ N_BOOT = 200
 
 
 # ----------------------------------------------------------------------------------------
-# Fixture writers: the on-disk formats the benchmarks write (issues PLISM, HEST, EVA)
+# Fixture writers: run folders in the results schema, as the runner writes them
 # ----------------------------------------------------------------------------------------
-def write_run_json(folder: Path, model: str, bench: str, top: dict | None = None, **settings) -> None:
-    """A run.json shaped like pathbench.provenance's record, with bench-specific keys."""
+def write_run(root: Path, bench: str, model: str, rows: pd.DataFrame, protocol: str, *, folder: str | None = None,
+              data_id: str = "data:synthetic", pooling: str = "cls", detail: str | None = None,
+              params: int | None = 5_000_000, tables: dict | None = None) -> Path:
+    """A run folder written with pathbench.results.write_run, run.json shaped like the runner's."""
+    out = root / bench / (folder or model)
     record = {
         "created": "2026-01-01T00:00:00+0000", "command": f"pathbench evaluate --model {model} --bench {bench}",
-        "versions": {"pathbench": "0.1.0", "python": "3.11"},
-        "model": {"name": model, "weights_fingerprint": f"sha256:{model}", "precision": "fp32", "params": 5_000_000},
-        "pooling": settings.pop("pooling", "cls"), "an_unknown_key": {"nested": [1, 2, 3]},
-        **(top or {}), "settings": settings,
+        "versions": {"pathbench": "0.1.0", "python": "3.11"}, "bench": bench, "model_name": model,
+        "model": {"name": model, "weights_fingerprint": f"sha256:{model}", "precision": "fp32", "params": params},
+        "pooling": pooling, "protocol": protocol, "protocol_detail": detail or protocol, "data_id": data_id,
+        "an_unknown_key": {"nested": [1, 2, 3]},
     }
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "run.json").write_text(json.dumps(record), encoding="utf-8")
+    results.write_run(out, bench=bench, protocol=protocol, rows=rows, tables=tables or {}, record=record,
+                      headline={}, summary=pd.DataFrame(), model=model)
+    return out
 
 
 def plism_pairs(stainings=STAININGS, scanners=SCANNERS, offset=0.0, seed=0) -> pd.DataFrame:
@@ -55,88 +60,46 @@ def plism_pairs(stainings=STAININGS, scanners=SCANNERS, offset=0.0, seed=0) -> p
 
 
 def write_plism_run(root: Path, model: str, offset=0.0, seed=0, stainings=STAININGS, scanners=SCANNERS,
-                    data="synthetic", n_tiles=64, folder=None, with_score=True) -> Path:
-    out = root / "plism" / (folder or model)
+                    data="synthetic", n_tiles=64, folder=None, pooling="cls") -> Path:
     pairs = plism_pairs(stainings, scanners, offset, seed)
-    out.mkdir(parents=True, exist_ok=True)
-    pairs.to_csv(out / "pairs.csv", index=False)
-    summary = []
-    groups = lb.plism_pair_groups(pairs)
-    for group in ("all", "inter_scanner", "inter_staining", "both"):
-        mask = np.ones(len(pairs), bool) if group == "all" else groups == group
-        for metric in ("cosine_similarity", "top_1_accuracy", "top_3_accuracy", "top_5_accuracy", "top_10_accuracy"):
-            v = pairs.loc[mask, metric].to_numpy()
-            summary.append({"group": group.replace("_", "-"), "metric": metric, "mean": v.mean(), "std": v.std(),
-                            "median": np.median(v), "iqr": np.subtract(*np.quantile(v, [0.75, 0.25])),
-                            "n_pairs": len(v)})
-    pd.DataFrame(summary).to_csv(out / "summary.csv", index=False)
-    score = float(np.mean([np.median(pairs["cosine_similarity"])] + [
-        np.median(pairs.loc[groups == g, "top_10_accuracy"]) for g in ("inter_scanner", "inter_staining", "both")]))
-    slides = sorted(set(pairs["slide_a"]) | set(pairs["slide_b"]))
-    top = {"benchmark": "plism", "model_name": model, "n_tiles_per_slide": n_tiles, "slides": slides,
-           "data": {"kind": "synthetic", "path": f"/cache/synthetic-{n_tiles}", "seed": 0} if data == "synthetic"
-           else {"kind": "hub", "repo": "owkin/plism-dataset-tiles"},
-           "tile_subset": {"spec": str(n_tiles), "n_tiles": n_tiles}, "complete": True}
-    if with_score:
-        top["leaderboard_score"] = score
-    write_run_json(out, model, "plism", top, protocol="plism-v1", slides=slides)
-    return out
+    n_slides = len(stainings) * len(scanners)
+    protocol, detail = plism_bench.plism_protocol(n_slides, n_tiles, data == "synthetic")
+    return write_run(root, "plism", model, plism_bench.pair_rows(pairs), protocol, folder=folder,
+                     data_id=f"data:{data}-{n_tiles}", pooling=pooling, detail=detail, tables={"pairs.csv": pairs})
 
 
 HEST_TASKS = ("IDC", "PRAD", "PAAD", "SKCM", "COAD", "READ", "CCRCC", "LUNG", "LYMPH_IDC")
 
 
-def write_hest_run(root: Path, model: str, tasks=("TASKA", "TASKB"), offset=0.0, seed=0, data="synthetic",
-                   folds=2, genes=8, folder=None) -> Path:
+def hest_genes(tasks=("TASKA", "TASKB"), offset=0.0, seed=0, folds=2, genes=8) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
-    out = root / "hest" / (folder or model)
-    out.mkdir(parents=True, exist_ok=True)
-    gene_rows, fold_rows = [], []
+    rows = []
     for t, task in enumerate(tasks):
         for fold in range(folds):
             r = np.clip(rng.uniform(0.1, 0.6, genes) + offset + 0.01 * t, -1, 1)
-            for g in range(genes):
-                gene_rows.append({"task": task, "fold": fold, "gene": f"G{g}", "pearson": r[g], "excluded": ""})
-            fold_rows.append({"task": task, "fold": fold, "pearson_mean": r.mean(), "n_genes": genes,
-                              "n_train_spots": 100, "n_test_spots": 50})
-    folds_frame = pd.DataFrame(fold_rows)
-    pd.DataFrame(gene_rows).to_csv(out / "genes.csv", index=False)
-    folds_frame.to_csv(out / "folds.csv", index=False)
-    summary = [{"task": task, "pearson_mean": g["pearson_mean"].mean(), "pearson_std": g["pearson_mean"].std(ddof=0),
-                "n_folds": len(g)} for task, g in folds_frame.groupby("task", sort=False)]
-    summary.append({"task": "average", "pearson_mean": np.mean([s["pearson_mean"] for s in summary]),
-                    "pearson_std": 0.0, "n_folds": len(folds_frame)})
-    pd.DataFrame(summary).to_csv(out / "summary.csv", index=False)
-    root = "/cache/datasets/synthetic-hest-v1" if data == "synthetic" else "/hub/MahmoodLab/hest-bench"
-    write_run_json(out, model, "hest", {"bench": "hest"}, data=root, head="ridge-pca", tasks=list(tasks),
-                   pooling="cls+mean")
-    return out
+            rows += [{"task": task, "fold": fold, "gene": f"G{g}", "pearson": r[g]} for g in range(genes)]
+    return pd.DataFrame(rows)
+
+
+def write_hest_run(root: Path, model: str, tasks=("TASKA", "TASKB"), offset=0.0, seed=0, data="synthetic",
+                   folds=2, genes=8, folder=None) -> Path:
+    table = hest_genes(tasks, offset, seed, folds, genes)
+    rows = pd.DataFrame({"task": table["task"], "unit": table["fold"].astype(str) + "|" + table["gene"],
+                         "metric": "pearson", "value": table["pearson"]})
+    protocol = "hest-synthetic-ridge-pca" if data == "synthetic" else "hest-ridge-pca256"
+    return write_run(root, "hest", model, rows, protocol, folder=folder, data_id=f"hest-splits:{data}",
+                     pooling="cls+mean", tables={"genes.csv": table})
 
 
 def write_eva_run(root: Path, model: str, tasks=("bach", "crc", "mhist", "pcam"), offset=0.0, seed=0,
-                  data="synthetic", n_runs=5, folder=None) -> Path:
+                  data="synthetic", n_runs=5, folder=None, protocol=None) -> Path:
     rng = np.random.default_rng(seed)
-    out = root / "eva" / (folder or model)
-    out.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for task in tasks:
-        for r in range(n_runs):
-            split = "test" if task == "pcam" else "val"
-            rows.append({"task": task, "run": r, "split": split, "metric": "balanced_accuracy",
-                         "value": float(np.clip(rng.uniform(0.7, 0.9) + offset, 0, 1)), "best_step": 100})
-            if task == "pcam":  # eva also logs validation where a test split exists
-                rows.append({"task": task, "run": r, "split": "val", "metric": "balanced_accuracy",
-                             "value": 0.5, "best_step": 100})
-    runs = pd.DataFrame(rows)
-    runs.to_csv(out / "runs.csv", index=False)
-    reported = runs[(runs["split"] == "test") | (runs["task"] != "pcam")]
-    summary = [{"task": t, "metric": "balanced_accuracy", "mean": g["value"].mean(), "std": g["value"].std(ddof=1),
-                "n_runs": len(g)} for t, g in reported.groupby("task", sort=False)]
-    pd.DataFrame(summary).to_csv(out / "summary.csv", index=False)
-    per_task = {t: {"runs": n_runs, "max_steps": 12500, "batch_size": 256} for t in tasks}
-    write_run_json(out, model, "eva", {"bench": "eva", "protocol": {"eva_defaults": True, "per_task": per_task},
-                                       "source": {"data": f"/data/{data}-eva"}})
-    return out
+    metric = {"bach": "macro_accuracy", "crc": "macro_accuracy", "mhist": "balanced_accuracy",
+              "pcam": "balanced_accuracy"}
+    rows = [{"task": task, "unit": str(r), "metric": metric[task],
+             "value": float(np.clip(rng.uniform(0.7, 0.9) + offset, 0, 1))} for task in tasks for r in range(n_runs)]
+    protocol = protocol or ("eva-2024" if data == "real" else "eva-synthetic-max1000steps-batch2")
+    return write_run(root, "eva", model, pd.DataFrame(rows), protocol, folder=folder, data_id=f"data:{data}-eva")
 
 
 def tree_digest(root: Path) -> dict[str, str]:
@@ -172,7 +135,7 @@ def test_reference_values_are_transcribed_exactly_as_published():
                                                      "top10_inter_staining": 0.318, "top10_both": 0.183,
                                                      "leaderboard_score": 0.541})
     eva = {e.model: e for e in lb.load_references("eva", "paper")}
-    assert eva["Virchow2"].values["average_patch"] == pytest.approx((0.966 + 0.858 + 0.936) / 3)
+    assert eva["Virchow2"].text["average"] == "0.794" and eva["Virchow2"].values["Cam16"] == 0.864
 
 
 def test_average_check_reports_exactly_the_rows_whose_average_disagrees():
@@ -279,7 +242,8 @@ def test_paired_test_equals_scipy_wilcoxon_over_slide_pairs_and_holm_over_compar
     b = write_plism_run(tmp_path, "model-b", offset=0.0, seed=2)
     board = lb.build_leaderboard("plism", tmp_path, "plismbench", n_boot=N_BOOT)
     pa, pb = pd.read_csv(a / "pairs.csv"), pd.read_csv(b / "pairs.csv")
-    groups = lb.plism_pair_groups(pa)
+    groups = np.array([plism_bench.pair_task(*r) for r in pa[["staining_a", "scanner_a", "staining_b",
+                                                                "scanner_b"]].itertuples(index=False)])
     comparison = next(c for c in board.comparisons if c.column == "top10_inter_staining")
     mask = groups == "inter_staining"
     with warnings.catch_warnings():
@@ -313,31 +277,39 @@ def test_corrupt_and_partial_runs_are_reported_skipped_and_left_untouched(tmp_pa
     (corrupt / "run.json").write_text("{not json", encoding="utf-8")
     partial = write_plism_run(tmp_path, "partial")
     (partial / "run.json").unlink()
-    interrupted = write_plism_run(tmp_path, "interrupted")
-    (interrupted / "summary.csv").unlink()
-    pairs = pd.read_csv(interrupted / "pairs.csv")
-    pairs.iloc[:10].to_csv(interrupted / "pairs.csv", index=False)
-    broken = write_plism_run(tmp_path, "nan-values")
-    pairs = pd.read_csv(broken / "pairs.csv")
-    pairs.loc[3, "top_1_accuracy"] = np.nan
-    pairs.to_csv(broken / "pairs.csv", index=False)
+    old = write_plism_run(tmp_path, "old-format")
+    (old / "results.csv").unlink()
+    broken = write_plism_run(tmp_path, "inf-values")
+    rows = pd.read_csv(broken / "results.csv")
+    rows.loc[3, "value"] = np.inf
+    rows.to_csv(broken / "results.csv", index=False)
     missing_column = write_plism_run(tmp_path, "missing-column")
-    pd.read_csv(missing_column / "pairs.csv").drop(columns=["top_10_accuracy"]).to_csv(missing_column / "pairs.csv", index=False)
+    pd.read_csv(missing_column / "results.csv").drop(columns=["metric"]).to_csv(missing_column / "results.csv",
+                                                                              index=False)
+    twice = write_plism_run(tmp_path, "twice")
+    rows = pd.read_csv(twice / "results.csv")
+    pd.concat([rows, rows.iloc[:1]]).to_csv(twice / "results.csv", index=False)
     unfinished = write_plism_run(tmp_path, "unfinished")
     record = json.loads((unfinished / "run.json").read_text())
     (unfinished / "run.json").write_text(json.dumps({**record, "complete": False}))
+    other = write_plism_run(tmp_path, "other-protocol")
+    record = json.loads((other / "run.json").read_text())
+    (other / "run.json").write_text(json.dumps({**record, "protocol": "plism-other"}))
     before = tree_digest(tmp_path)
 
     board = lb.build_leaderboard("plism", tmp_path, "none", n_boot=N_BOOT)
     assert [e.model for e in board.entries] == ["good"]
     reasons = {s.path.name: s.reason for s in board.skipped}
-    assert set(reasons) == {"corrupt", "partial", "interrupted", "nan-values", "missing-column", "unfinished"}
-    assert "incomplete" in reasons["unfinished"]
+    assert set(reasons) == {"corrupt", "partial", "old-format", "inf-values", "missing-column", "twice",
+                            "unfinished", "other-protocol"}
+    assert "not mark the run as complete" in reasons["unfinished"]
     assert "not valid JSON" in reasons["corrupt"]
     assert "run.json is missing" in reasons["partial"]
-    assert "summary.csv is missing" in reasons["interrupted"]
-    assert "non-finite" in reasons["nan-values"]
-    assert "top_10_accuracy" in reasons["missing-column"]
+    assert "older pathbench" in reasons["old-format"]
+    assert "infinite" in reasons["inf-values"]
+    assert "metric" in reasons["missing-column"]
+    assert "twice" in reasons["twice"]
+    assert "disagree on the protocol" in reasons["other-protocol"]
     assert "skipped" in lb.render_markdown(board)
     assert tree_digest(tmp_path) == before
 
@@ -353,39 +325,62 @@ def test_hest_runs_merge_with_table1_and_test_over_folds_and_genes(tmp_path):
     h0 = next(e for e in table1.entries if e.model == "h0-mini")
     assert h0.origin == "run+reference" and h0.published["average"] == 0.4044
     subset = next(e for e in table1.entries if e.model == "subset")
-    assert subset.rank is None and "3 of the 9 tasks" in " ".join(subset.notes)
+    assert subset.rank is None and "3 of the 9 columns" in " ".join(subset.notes)
+    # the published averages stay as published: they cover the same nine tasks
+    assert next(e for e in table1.entries if e.model == "UNI").text["average"] == "0.3907"
     synthetic = next(g for g in board.groups if "synthetic" in g.protocol)
     assert {e.model for e in synthetic.entries} == {"model-a", "model-b"}
     ga, gb = pd.read_csv(a / "genes.csv"), pd.read_csv(b / "genes.csv")
+    fold_means = ga.groupby(["task", "fold"])["pearson"].mean().groupby("task").mean()
+    entry_a = next(e for e in synthetic.entries if e.model == "model-a")
+    assert entry_a.values["TASKA"] == pytest.approx(fold_means["TASKA"])  # genes within folds, then folds
     comparison = next(c for c in board.comparisons if c.column == "TASKA")
     mask = ga["task"] == "TASKA"
     expected = scipy.stats.wilcoxon(ga.loc[mask, "pearson"].to_numpy() - gb.loc[mask, "pearson"].to_numpy())
     assert comparison.n_units == mask.sum() and comparison.pvalue == pytest.approx(expected.pvalue, rel=1e-9)
     average = next(c for c in board.comparisons if c.column == "average")
     assert average.n_units == len(ga)
-    fa, fb = pd.read_csv(a / "summary.csv"), pd.read_csv(b / "summary.csv")
-    assert average.difference == pytest.approx(fa["pearson_mean"].iloc[-1] - fb["pearson_mean"].iloc[-1])
-    entry_a = next(e for e in synthetic.entries if e.model == "model-a")
+    fold_means_b = gb.groupby(["task", "fold"])["pearson"].mean().groupby("task").mean()
+    assert average.difference == pytest.approx(fold_means.mean() - fold_means_b.mean())
+    assert average.test.startswith("paired bootstrap")
     low, high = entry_a.ci["average"]
     assert low <= entry_a.values["average"] <= high
 
 
-def test_eva_runs_are_compared_over_runs_and_ranked_on_the_patch_average(tmp_path):
+def test_eva_average_leaves_bach_out_and_says_which_tasks_it_covers(tmp_path):
     a = write_eva_run(tmp_path, "model-a", offset=0.05, seed=1)
     write_eva_run(tmp_path, "model-b", offset=0.0, seed=2)
     board = lb.build_leaderboard("eva", tmp_path, "paper", n_boot=N_BOOT)
-    assert board.primary.key == "average_patch"
-    run_a = next(r for r in board.runs if r.model == "model-a")
-    reported = pd.read_csv(a / "runs.csv")
-    pcam = reported[(reported["task"] == "pcam") & (reported["split"] == "test")]["value"]
-    assert run_a.values["PCam"] == pytest.approx(pcam.mean())
-    assert run_a.values["average_patch"] == pytest.approx(np.mean([run_a.values[t] for t in ("CRC", "MHIST", "PCam")]))
+    assert board.primary.key == "average"
+    entry_a = next(e for e in board.entries if e.model == "model-a")
+    rows = pd.read_csv(a / "results.csv")
+    pcam = rows[rows["task"] == "pcam"]["value"]
+    assert entry_a.values["PCam"] == pytest.approx(pcam.mean())
+    assert entry_a.values["average"] == pytest.approx(np.mean([entry_a.values[t] for t in ("CRC", "MHIST", "PCam")]))
     comparison = next(c for c in board.comparisons if c.column == "CRC")
     assert comparison.n_units == 5 and comparison.test.startswith("Wilcoxon")
+    synthetic = next(g for g in board.groups if "synthetic" in g.protocol)
+    assert synthetic.averages["average"] == ("CRC", "MHIST", "PCam")
     reference_group = next(g for g in board.groups if g.protocol == "eva-2024")
-    assert reference_group.entries[0].model == "Virchow2"  # (0.966 + 0.858 + 0.936) / 3 is the best patch average
-    assert any("patch tasks" in f for f in board.footnotes)
+    # without runs the paper's rule covers the seven tasks it publishes: the published averages stand
+    assert reference_group.averages["average"] == ("CRC", "MHIST", "PCam", "Cam16", "PANDA", "CoNSeP", "MoNuSAC")
+    assert reference_group.entries[0].model == "Virchow2" and reference_group.entries[0].text["average"] == "0.794"
+    text = lb.render_markdown(board)
+    assert "Average (w/o BACH) over CRC, MHIST, PCam, Cam16, PANDA, CoNSeP, MoNuSAC" in text
     assert not any("Kaiko" in f for f in board.footnotes)  # the HEST table's footnote stays there
+
+
+def test_a_real_eva_run_ranks_against_published_averages_over_its_own_tasks(tmp_path):
+    write_eva_run(tmp_path, "h0-mini", data="real")
+    board = lb.build_leaderboard("eva", tmp_path, "paper", n_boot=N_BOOT)
+    group = next(g for g in board.groups if g.protocol == "eva-2024")
+    assert group.averages["average"] == ("CRC", "MHIST", "PCam")
+    virchow = next(e for e in group.entries if e.model == "Virchow2")
+    assert virchow.values["average"] == pytest.approx((0.966 + 0.858 + 0.936) / 3)
+    assert "average" in virchow.computed and "average" not in virchow.text
+    assert "†" in lb.render_markdown(board)
+    merged = next(e for e in group.entries if e.model == "h0-mini")
+    assert merged.origin == "run+reference" and merged.rank is not None
 
 
 # ----------------------------------------------------------------------------------------
@@ -405,90 +400,76 @@ def test_csv_latex_and_markdown_carry_every_row(tmp_path):
 
 
 def test_command_prints_the_table_and_writes_files(tmp_path, capsys):
-    import argparse
+    from pathbench.cli import main
 
     write_plism_run(tmp_path, "vit-tiny-random")
-    parser = argparse.ArgumentParser()
-    lb.add_arguments(parser)
-    args = parser.parse_args(["--bench", "plism", "--results", str(tmp_path), "--n-boot", "100"])
-    assert lb.run(args) == 0
+    assert main(["leaderboard", "--bench", "plism", "--results", str(tmp_path), "--n-boot", "100"]) == 0
     out = capsys.readouterr().out
     assert "vit-tiny-random" in out and "H0-Mini" in out and "Hibou Large" in out
     target = tmp_path / "board.tex"
-    args = parser.parse_args(["--bench", "plism", "--results", str(tmp_path), "--format", "latex", "--out", str(target),
-                              "--n-boot", "100"])
-    assert lb.run(args) == 0 and target.read_text().startswith(r"\begin{table}")
+    assert main(["leaderboard", "--bench", "plism", "--results", str(tmp_path), "--format", "latex", "--out",
+                 str(target), "--n-boot", "100"]) == 0
+    assert target.read_text().startswith(r"\begin{table}")
+    assert main(["leaderboard", "--bench", "plsm", "--results", str(tmp_path)]) == 2
+    assert "Did you mean plism" in capsys.readouterr().err
 
 
-def test_parameters_come_from_the_model_zoo_else_from_run_json(tmp_path):
-    from pathbench.extractors import count_parameters, get_spec
+def test_parameters_come_from_run_json_and_no_model_is_built(tmp_path):
+    import subprocess
+    import sys
 
     write_plism_run(tmp_path, "vit-tiny-random")
-    write_plism_run(tmp_path, "my-own-model")
-    runs, _ = lb.load_runs(tmp_path, "plism")
-    params = {r.model: r.params for r in runs}
-    assert params["vit-tiny-random"] == count_parameters(get_spec("vit-tiny-random"))
-    assert params["my-own-model"] == 5_000_000  # run.json's model.params
+    code = ("import sys; from pathbench import leaderboard as lb; "
+            f"runs, _ = lb.load_runs({str(tmp_path)!r}, 'plism'); b = lb.build_leaderboard('plism', {str(tmp_path)!r}, "
+            "n_boot=20); lb.render(b, 'html'); print(runs[0].params); "
+            "print(sorted(m for m in ('torch', 'timm', 'transformers') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["5000000.0", "[]"]
 
 
-def test_eva_runs_with_non_default_probe_settings_form_their_own_protocol(tmp_path):
+def test_eva_protocol_ids_separate_non_default_probe_settings(tmp_path):
+    from pathbench.benches.eva import eva_protocol
+
+    assert eva_protocol(False, 12_500, 5, 256)[0] == "eva-2024"
+    assert eva_protocol(False, 1000, 5, 8)[0] == "eva-real-max1000steps-batch8"
+    assert eva_protocol(True, 12_500, 5, 256)[0] == "eva-synthetic"
     write_eva_run(tmp_path, "default-probe", data="real")
-    short = write_eva_run(tmp_path, "short-probe", data="real")
-    record = json.loads((short / "run.json").read_text())
-    record["protocol"] = {"eva_defaults": False, "per_task": {"crc": {"runs": 5, "max_steps": 1000, "batch_size": 8}}}
-    (short / "run.json").write_text(json.dumps(record))
+    write_eva_run(tmp_path, "short-probe", data="real", protocol="eva-real-max1000steps-batch8")
     board = lb.build_leaderboard("eva", tmp_path, "paper", n_boot=N_BOOT)
     protocols = {e.model: e.protocol for e in board.entries if e.is_run}
-    assert protocols["default-probe"] == "eva-2024"
-    assert protocols["short-probe"] == "eva-real-max1000steps-batch8"
+    assert protocols == {"default-probe": "eva-2024", "short-probe": "eva-real-max1000steps-batch8"}
     assert not board.comparisons
 
 
 def test_results_written_by_the_plism_benchmark_are_read_and_compared(tmp_path):
-    from pathbench.benches.plism import evaluate_plism
-    from pathbench.provenance import provenance
+    import pathbench
+    from pathbench.data import plism as plism_data
 
     slides = [f"{st}_{sc}_to_GMH_S60" for st in STAININGS for sc in SCANNERS]
     rng = np.random.default_rng(0)
     tissue = rng.normal(size=(40, 16)).astype(np.float32)
+    tile_ids = [f"tile_16_{i % 8}_{i // 8}" for i in range(40)]
     for model, noise in (("sharp-model", 0.3), ("blurry-model", 1.5)):
-        features = {s: tissue + noise * rng.normal(size=tissue.shape).astype(np.float32) for s in slides}
-        record = provenance(model={"name": model, "source": "test features"}, pooling="cls")
-        record.update(benchmark="plism", model_name=model, n_tiles_per_slide=40, slides=slides,
-                      data={"kind": "synthetic", "key": "test"}, tile_subset={"spec": "all"})
-        evaluate_plism(features, slides, tmp_path / "plism" / model, settings={"slides": slides}, run_record=record,
-                       backend="torch", device="cpu", progress=False)
-    board = lb.build_leaderboard("plism", tmp_path, "plismbench", n_boot=N_BOOT)
+        features = tmp_path / "features" / model
+        for slide in slides:
+            plism_data.write_plismbench_features(features, slide, tile_ids,
+                                                 tissue + noise * rng.normal(size=tissue.shape).astype(np.float32))
+        pathbench.evaluate(bench="plism", features_dir=str(features), model_name=model, n_tiles="all",
+                           out=tmp_path / "results" / "plism" / model, progress=False, device="cpu")
+    board = lb.build_leaderboard("plism", tmp_path / "results", "plismbench", n_boot=N_BOOT)
     assert not board.skipped
     group = next(g for g in board.groups if any(e.is_run for e in g.entries))
-    assert group.protocol == "plism-synthetic-9x40"
+    assert group.protocol == "plism-9x40"
     assert [e.model for e in group.entries] == ["sharp-model", "blurry-model"]
     blurry = group.entries[1]
     assert blurry.significance["cosine_all"].significant  # 36 pairs, all better: exact p = 2 / 2**36
 
 
 def test_two_runs_of_one_model_get_distinct_names(tmp_path):
-    cls_run = write_plism_run(tmp_path, "h0-mini", folder="h0-mini-cls", seed=1)
-    both = write_plism_run(tmp_path, "h0-mini", folder="h0-mini-cls-mean", seed=2)
-    record = json.loads((both / "run.json").read_text())
-    (both / "run.json").write_text(json.dumps({**record, "pooling": "cls+mean"}))
-    assert cls_run.exists()
+    write_plism_run(tmp_path, "h0-mini", folder="h0-mini-cls", seed=1)
+    write_plism_run(tmp_path, "h0-mini", folder="h0-mini-cls-mean", seed=2, pooling="cls+mean")
     board = lb.build_leaderboard("plism", tmp_path, "plismbench", n_boot=N_BOOT)
     names = sorted(e.model for e in board.entries if e.is_run)
     assert names == ["h0-mini [cls+mean]", "h0-mini [cls]"]
     assert {c.other for c in board.comparisons} <= set(names)
-
-
-def test_hest_runs_without_genes_csv_are_compared_over_folds(tmp_path):
-    a = write_hest_run(tmp_path, "model-a", offset=0.1, seed=1, folds=4)
-    b = write_hest_run(tmp_path, "model-b", offset=0.0, seed=2, folds=4)
-    (a / "genes.csv").unlink()
-    (b / "genes.csv").unlink()
-    board = lb.build_leaderboard("hest", tmp_path, "none", n_boot=N_BOOT)
-    comparison = next(c for c in board.comparisons if c.column == "TASKA")
-    fa, fb = pd.read_csv(a / "folds.csv"), pd.read_csv(b / "folds.csv")
-    mask = fa["task"] == "TASKA"
-    assert comparison.n_units == 4
-    assert comparison.pvalue == pytest.approx(scipy.stats.wilcoxon(
-        fa.loc[mask, "pearson_mean"].to_numpy() - fb.loc[mask, "pearson_mean"].to_numpy()).pvalue)
-    assert comparison.difference == pytest.approx(fa.loc[mask, "pearson_mean"].mean() - fb.loc[mask, "pearson_mean"].mean())

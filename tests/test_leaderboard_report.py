@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import argparse
 import base64
 from html.parser import HTMLParser
 
-import pytest
 from test_leaderboard import HEST_TASKS, write_hest_run, write_plism_run
 
 from pathbench import leaderboard as lb
-from pathbench import plots
+from pathbench.cli import main
+from pathbench.leaderboard import plots
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -53,23 +52,13 @@ class ReportParser(HTMLParser):
             self.table_id = None
 
 
-@pytest.fixture(autouse=True)
-def no_zoo_builds(monkeypatch):
-    """Building zoo architectures to count parameters imports torch: tested once in
-    test_leaderboard, stubbed here to keep the report tests fast."""
-    monkeypatch.setattr(plots, "_zoo_params", lambda name: {"uni2-h": 681_394_176.0}.get(name))
-    monkeypatch.setattr(lb, "_zoo_params", lambda name: None)
-
-
 def _report(tmp_path, bench, reference=None) -> tuple[lb.Leaderboard, ReportParser, str]:
-    parser = argparse.ArgumentParser()
-    lb.add_arguments(parser)
     out = tmp_path / f"{bench}.html"
     argv = ["--bench", bench, "--results", str(tmp_path / "results"), "--format", "html", "--out", str(out),
             "--n-boot", "100", "--plots", str(tmp_path / "png")]
     if reference:
         argv += ["--reference", reference]
-    assert lb.run(parser.parse_args(argv)) == 0
+    assert main(["leaderboard", *argv]) == 0
     board = lb.build_leaderboard(bench, tmp_path / "results", reference, n_boot=100)
     text = out.read_text(encoding="utf-8")
     report = ReportParser()
@@ -81,7 +70,7 @@ def test_plism_report_holds_every_row_plot_and_provenance_without_network(tmp_pa
     write_plism_run(tmp_path / "results", "model-a", offset=0.02, seed=1)
     write_plism_run(tmp_path / "results", "model-b", offset=-0.02, seed=2)
     broken = write_plism_run(tmp_path / "results", "broken")
-    (broken / "summary.csv").unlink()
+    (broken / "results.csv").unlink()
     board, report, text = _report(tmp_path, "plism")
 
     table_models = [row["data-model"] for row in report.rows["leaderboard"]]
@@ -119,6 +108,21 @@ def test_hest_report_has_task_bars_and_the_kaiko_footnote(tmp_path):
 def test_plots_are_png_for_runs_without_references(tmp_path):
     write_plism_run(tmp_path, "model-a")
     board = lb.build_leaderboard("plism", tmp_path, "none", n_boot=50)
-    figure1 = plots.plism_figure1(board.runs, references=[])
-    assert figure1.startswith(PNG_MAGIC)
-    assert plots.plism_figure4(board.runs, references=[]).startswith(PNG_MAGIC)
+    figures = plots.leaderboard_plots(board)
+    assert set(figures) == {"plism_figure1", "plism_figure4", "plism_cost"}
+    for png, caption in figures.values():
+        assert png.startswith(PNG_MAGIC) and caption
+
+
+def test_the_legend_is_drawn_outside_the_axes_so_it_covers_no_point(tmp_path):
+    import matplotlib.pyplot as plt
+
+    write_plism_run(tmp_path, "model-a")
+    board = lb.build_leaderboard("plism", tmp_path, "plismbench", n_boot=20)
+    figure, ax = plt.subplots()
+    plots._panel(ax, board, board.benchmark.leaderboard.plots[0].panels[0], [e for e in board.entries if e.is_run])
+    figure.canvas.draw()
+    legend = ax.get_legend().get_window_extent()
+    axes_box = ax.get_window_extent()
+    assert legend.y1 <= axes_box.y0  # below the axes
+    plt.close(figure)

@@ -15,17 +15,30 @@ pathbench embeddings in eva's format so that ``eva fit`` trains on them.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import math
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
+from pathbench.benches.base import (
+    Aggregate,
+    Benchmark,
+    BenchResult,
+    Column,
+    DataRequest,
+    Inputs,
+    LeaderboardSpec,
+    Metric,
+    RunContext,
+    Task,
+    option,
+    result_rows,
+)
 from pathbench.data.eva import (
     EVA_IMAGE_SIZE,
     TASK_DATA,
@@ -35,8 +48,9 @@ from pathbench.data.eva import (
     write_eva_embeddings,
 )
 from pathbench.errors import DataError, PathbenchError
-from pathbench.extractors import Extractor
-from pathbench.heads import LinearProbe, ProbeProtocol, summarise_runs
+
+if TYPE_CHECKING:
+    from pathbench.heads import ProbeProtocol
 
 DEFAULT_POOLING = "cls"
 
@@ -100,6 +114,8 @@ def parse_tasks(options: str | None) -> list[str] | None:
 def protocol_for(task: EvaTask, runs: int = 5, max_steps: int = 12_500, seed: int = 0,
                  batch_size: int = 256) -> ProbeProtocol:
     """eva's linear-probe protocol for ``task`` (its patience, 5 runs, 12,500 steps, batch 256)."""
+    from pathbench.heads import ProbeProtocol
+
     return ProbeProtocol(patience=task.patience, runs=runs, max_steps=max_steps, seed=seed, batch_size=batch_size)
 
 
@@ -143,6 +159,8 @@ def evaluate_task(
                             f"eva's {task.label} needs {', '.join(task.splits)}.")
     train_x, train_y = splits[task.train_split]
     val_x, val_y = splits[task.val_split]
+    from pathbench.heads import LinearProbe
+
     probe = LinearProbe(task.num_classes, protocol, device=device, progress=progress)
     probe.fit(train_x, train_y, val_x, val_y)
     report_x, report_y = splits[task.report_split]
@@ -166,6 +184,8 @@ def evaluate_task(
 
 def summarise(rows: list[dict[str, Any]]) -> pd.DataFrame:
     """Per-task mean and sample std over runs: ``task, metric, mean, std, n_runs, split``."""
+    from pathbench.heads import summarise_runs
+
     frame = pd.DataFrame(rows)
     out = []
     for task in dict.fromkeys(frame["task"]):
@@ -204,7 +224,7 @@ def format_table(model: str, summary: pd.DataFrame) -> str:
 def synthetic_root(cache_dir: str | os.PathLike | None) -> Path:
     """Where ``--data synthetic`` writes its datasets: ``<pathbench cache>/datasets/synthetic-eva-v<N>``."""
     from pathbench.data.synthetic_eva import GENERATOR_VERSION
-    from pathbench.features import cache_root
+    from pathbench.settings import cache_root
 
     return cache_root(cache_dir) / "datasets" / f"synthetic-eva-v{GENERATOR_VERSION}"
 
@@ -238,86 +258,6 @@ def resolve_data(data: str | None, tasks: list[str] | None, cache_dir: str | Non
     return root, present
 
 
-def embed_task(extractor, task: str, task_root: Path, pooling: str = DEFAULT_POOLING,
-               **extract_kwargs: Any) -> dict[str, tuple[np.ndarray, np.ndarray, list[str]]]:
-    """Embed every split of ``task`` through the feature cache.
-
-    Returns:
-        ``{split: (embeddings (N, D) float32, targets (N,) int64, origins)}``.
-    """
-    from pathbench.features import extract_features
-
-    out = {}
-    for split in TASK_DATA[task].splits:
-        dataset = open_split(task, task_root, split)
-        features = extract_features(extractor, dataset, pooling=pooling, desc=f"{task} {split}", **extract_kwargs)
-        out[split] = (np.asarray(features.array, dtype=np.float32), dataset.labels, list(dataset.origins))
-    return out
-
-
-def export_eva_embeddings(
-    extractor,
-    task: str,
-    data_root: str | os.PathLike,
-    out_dir: str | os.PathLike,
-    pooling: str = DEFAULT_POOLING,
-    progress: bool = True,
-    **extract_kwargs: Any,
-) -> Path:
-    """Embed ``task`` and write it in eva's offline format under ``out_dir/<eva task folder>``.
-
-    ``out_dir`` plays eva's ``${EMBEDDINGS_ROOT}/${MODEL_NAME}``: the manifest lands in
-    ``out_dir/bach``, ``out_dir/crc``, ``out_dir/mhist`` or ``out_dir/patch_camelyon``, where
-    eva's offline configs look for it.
-
-    Returns:
-        The path of the written ``manifest.csv``.
-    """
-    task = TASK_ALIASES.get(task, task)
-    if task not in TASK_DATA:
-        raise PathbenchError(f"unknown eva task {task!r}; expected one of {', '.join(TASK_DATA)}.")
-    task_root = find_task_root(task, data_root)
-    if task_root is None:
-        raise DataError(f"no {task} data in eva's layout under {data_root}.")
-    embedded = embed_task(extractor, task, task_root, pooling=pooling, progress=progress, **extract_kwargs)
-    embeddings = np.concatenate([e for e, _, _ in embedded.values()])
-    targets = np.concatenate([t for _, t, _ in embedded.values()])
-    origins = [o for _, _, os_ in embedded.values() for o in os_]
-    splits = [s for s, (e, _, _) in embedded.items() for _ in range(len(e))]
-    return write_eva_embeddings(Path(out_dir) / TASK_DATA[task].eva_dir, embeddings, targets, origins, splits,
-                                progress=progress)
-
-
-def extract_command(args: argparse.Namespace) -> int:
-    """``pathbench extract --format eva``: write eva's offline embeddings for eva's tasks.
-
-    ``--data`` is eva's ``DATA_ROOT`` (or ``synthetic``), ``--task`` a comma-separated list
-    (default: every task found), ``--out`` eva's ``${EMBEDDINGS_ROOT}/${MODEL_NAME}``.
-    """
-    from pathbench import cli_common
-
-    if not args.out:
-        raise PathbenchError("pathbench extract --format eva needs --out EMBEDDINGS_ROOT/MODEL_NAME "
-                             "(each task is written to <out>/<bach|crc|mhist|patch_camelyon>/).")
-    tasks = parse_tasks(getattr(args, "task", None))
-    data_root, task_roots = resolve_data(args.data, tasks, args.cache_dir)
-    extractor = eva_extractor(args)
-    pooling = args.pooling or DEFAULT_POOLING
-    options = cli_common.extraction_options(args)
-    for task in task_roots:
-        manifest = export_eva_embeddings(extractor, task, data_root, args.out, pooling=pooling, **options)
-        print(f"{TASKS[task].label}: eva embeddings ({pooling}) and manifest in {manifest.parent}")
-    return 0
-
-
-def eva_extractor(args: argparse.Namespace) -> Extractor:
-    """The model of ``--model``, fed eva's 224 x 224 crops as they are (eva only normalises them)."""
-    from pathbench import cli_common
-
-    extractor = cli_common.extractor_from_args(args, bench="eva")
-    return extractor.with_input_size(EVA_IMAGE_SIZE, EVA_IMAGE_SIZE)
-
-
 def find_manifest(task: str, embeddings_dir: Path, single: bool) -> Path | None:
     """The eva folder of ``task`` under ``embeddings_dir`` (``DIR/<eva folder>``, ``DIR/<task>``, or
     ``DIR`` itself when only one task is evaluated)."""
@@ -330,128 +270,193 @@ def find_manifest(task: str, embeddings_dir: Path, single: bool) -> Path | None:
 
 
 # --------------------------------------------------------------------------------------
-# Command line
+# The benchmark
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("eva")
-    group.add_argument("--runs", type=int, default=5, help="independent probe runs per task (default 5)")
-    group.add_argument("--max-steps", type=int, default=None,
-                       help=f"optimiser steps per run at most (default 12500, eva's; {SYNTHETIC_MAX_STEPS} with "
-                            "--data synthetic)")
-    group.add_argument("--probe-batch-size", type=int, default=None,
-                       help=f"linear-probe batch size (default 256, eva's; {SYNTHETIC_PROBE_BATCH_SIZE} with "
-                            "--data synthetic, whose splits are tiny)")
-    group.add_argument("--seed", type=int, default=0, help="run r uses seed + r (default 0)")
-    group.add_argument("--embeddings-dir",
-                       help="evaluate embeddings eva wrote: a folder with <task>/manifest.csv (eva's "
-                            "EMBEDDINGS_ROOT/MODEL_NAME) or, for one task, the folder holding manifest.csv")
+@dataclasses.dataclass
+class EvaOptions:
+    """eva's options (see ``pathbench evaluate --bench eva --help``)."""
+
+    tasks: str | None = option(help="comma-separated eva tasks: bach, crc, mhist, pcam (default: every task "
+                               "whose data is present); also --bench eva:TASKS")
+    runs: int = option(5, help="independent probe runs per task (default 5)")
+    max_steps: int | None = option(help=f"optimiser steps per run at most (default 12500, eva's; "
+                                   f"{SYNTHETIC_MAX_STEPS} with --data synthetic)")
+    probe_batch_size: int | None = option(help=f"linear-probe batch size (default 256, eva's; "
+                                          f"{SYNTHETIC_PROBE_BATCH_SIZE} with --data synthetic, whose splits are tiny)")
+    seed: int = option(0, help="run r uses seed + r (default 0)")
+    embeddings_dir: str | None = option(help="evaluate embeddings eva wrote: a folder with <task>/manifest.csv "
+                                        "(eva's EMBEDDINGS_ROOT/MODEL_NAME) or, for one task, the folder holding "
+                                        "manifest.csv")
+
+    def __post_init__(self) -> None:
+        self.task_list = parse_tasks(self.tasks)
+        # bad values fail before any work
+        for name, value in (("runs", self.runs), ("max_steps", self.max_steps), ("probe_batch_size",
+                                                                                 self.probe_batch_size)):
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise PathbenchError(f"--{name.replace('_', '-')} must be a positive integer; got {value!r}.")
+
+    def probe_settings(self, synthetic: bool) -> tuple[int, int]:
+        """(max_steps, batch size): eva's, or the small-data defaults of the synthetic demo."""
+        return (self.max_steps or (SYNTHETIC_MAX_STEPS if synthetic else 12_500),
+                self.probe_batch_size or (SYNTHETIC_PROBE_BATCH_SIZE if synthetic else 256))
 
 
-def _embeddings_from_eva_dir(args: argparse.Namespace, tasks: list[str] | None, progress: bool):
-    """``{task: {split: (embeddings, targets)}}`` and a provenance record from ``--embeddings-dir``."""
-    folder = Path(args.embeddings_dir).expanduser()
-    if not folder.is_dir():
-        raise DataError(f"--embeddings-dir {folder}: no such folder.")
-    wanted = tasks or list(TASKS)
-    folders = {t: find_manifest(t, folder, single=bool(tasks) and len(tasks) == 1) for t in wanted}
-    missing = [t for t, f in folders.items() if f is None]
-    if tasks and missing:
-        raise DataError(f"--embeddings-dir {folder}: no eva manifest for {', '.join(missing)}; expected "
-                        f"{folder}/<{'|'.join(TASK_DATA[t].eva_dir for t in missing)}>/manifest.csv"
-                        + (" or a manifest.csv in the folder itself." if len(wanted) == 1 else "."))
-    folders = {t: f for t, f in folders.items() if f is not None}
-    if not folders:
-        raise DataError(f"--embeddings-dir {folder}: no eva task folder with a manifest.csv "
-                        f"({', '.join(d.eva_dir for d in TASK_DATA.values())}).")
-    embeddings = {}
-    for task, task_folder in folders.items():
-        splits = read_eva_embeddings(task_folder, progress=progress)
-        embeddings[task] = {s: (v.embeddings, v.targets) for s, v in splits.items()}
-    return embeddings, {"embeddings_dir": str(folder), "folders": {t: str(f) for t, f in folders.items()}}
+def eva_protocol(synthetic: bool, max_steps: int, n_runs: int, batch: int) -> tuple[str, str]:
+    """(protocol id, description): ``eva-2024`` is eva's linear probe on the eva datasets."""
+    settings = []
+    if max_steps != 12_500:
+        settings.append(f"max {max_steps} steps")
+    if n_runs != 5:
+        settings.append(f"{n_runs} runs")
+    if batch != 256:
+        settings.append(f"batch {batch}")
+    if not synthetic and not settings:
+        return "eva-2024", "eva linear probe (eva 0.4 offline protocol), CLS embeddings by default"
+    kind = "synthetic" if synthetic else "real"
+    suffix = "-".join(s.replace(" ", "") for s in settings)
+    protocol = f"eva-{kind}" + (f"-{suffix}" if suffix else "")
+    detail = (f"{'synthetic eva data (not the eva datasets)' if synthetic else 'eva data'}, linear probe"
+              + (f" ({', '.join(settings)})" if settings else ""))
+    return protocol, detail
 
 
-def _embeddings_from_model(args: argparse.Namespace, data_root: Path, task_roots: dict[str, Path], extractor,
-                           pooling: str):
-    """``{task: {split: (embeddings, targets)}}`` and a provenance record from ``--model`` and ``--data``."""
-    from pathbench import cli_common
+class EvaBenchmark(Benchmark):
+    """eva-compatible patch classification with eva's linear-probe protocol."""
 
-    print("eva tasks: " + ", ".join(f"{TASKS[t].label} ({folder})" for t, folder in task_roots.items()))
-    options = cli_common.extraction_options(args)
-    embeddings = {}
-    for task, task_root in task_roots.items():
-        embedded = embed_task(extractor, task, task_root, pooling=pooling, **options)
-        embeddings[task] = {s: (e, t) for s, (e, t, _) in embedded.items()}
-    return embeddings, {"data": str(data_root), "task_roots": {t: str(f) for t, f in task_roots.items()}}
-
-
-def run(args: argparse.Namespace, bench_options: str | None) -> int:
-    from pathbench import _io, cli_common
-    from pathbench.provenance import provenance
-
-    started = time.time()
-    tasks = parse_tasks(bench_options)
-    progress = not getattr(args, "no_progress", False)
-    device = getattr(args, "device", "auto") or "auto"
-    if device == "mps":  # the probe's batched steps run on CUDA or the CPU
-        device = "cpu"
-    synthetic = not args.embeddings_dir and args.data == "synthetic"
-    max_steps = args.max_steps or (SYNTHETIC_MAX_STEPS if synthetic else 12_500)
-    probe_batch = args.probe_batch_size or (SYNTHETIC_PROBE_BATCH_SIZE if synthetic else 256)
-    ProbeProtocol(runs=args.runs, max_steps=max_steps, batch_size=probe_batch)  # bad flags fail before any work
-
-    extractor = None
-    pooling = None
-    if args.embeddings_dir:
-        model_name = cli_common.model_label(args)
-        embeddings, source = _embeddings_from_eva_dir(args, tasks, progress)
-    else:
-        data_root, task_roots = resolve_data(args.data, tasks, args.cache_dir)  # before loading any weights
-        extractor = eva_extractor(args)
-        model_name = cli_common.model_label(args)
-        pooling = args.pooling or DEFAULT_POOLING
-        embeddings, source = _embeddings_from_model(args, data_root, task_roots, extractor, pooling)
-
-    if (max_steps, probe_batch) != (12_500, 256):
-        print(f"note: linear probe with batch {probe_batch} and at most {max_steps} steps "
-              f"(eva's protocol: batch 256, 12500 steps)" + (" for the tiny synthetic splits" if synthetic else ""))
-    rows: list[dict[str, Any]] = []
-    protocols = {}
-    for task in TASKS:
-        if task not in embeddings:
-            continue
-        protocol = protocol_for(TASKS[task], runs=args.runs, max_steps=max_steps, seed=args.seed,
-                                batch_size=probe_batch)
-        protocols[task] = dataclasses.asdict(protocol)
-        task_started = time.time()
-        task_rows = evaluate_task(task, embeddings[task], protocol, device=device, progress=progress)
-        rows.extend(task_rows)
-        mean, std = summarise_runs([r["value"] for r in task_rows])
-        print(f"{TASKS[task].label}: {task_rows[0]['metric']} on {TASKS[task].report_split} = {mean:.4f} ± {std:.4f} "
-              f"({args.runs} runs, {time.time() - task_started:.1f} s)")
-
-    summary = summarise(rows)
-    out = cli_common.results_dir(args, "eva", model_name)
-    _io.write_csv(out / "runs.csv", pd.DataFrame(rows))
-    _io.write_csv(out / "summary.csv", summary)
-    average = average_without_bach(summary)
-    record = provenance(
-        extractor,
-        pooling,
-        bench="eva",
-        model_label=model_name,
-        tasks=list(embeddings),
-        settings={"data": "eva embeddings" if args.embeddings_dir else args.data, "runs": args.runs,
-                  "max_steps": max_steps, "probe_batch_size": probe_batch, "seed": args.seed},
-        protocol={"name": "eva linear probe (offline patch classification)",
-                  "eva_defaults": max_steps == 12_500 and probe_batch == 256, "per_task": protocols},
-        source=source,
-        summary=summary.to_dict(orient="records"),
-        average_without_bach=None if average is None or math.isnan(average) else average,
-        seconds=round(time.time() - started, 2),
+    name = "eva"
+    protocol = "eva-v1"
+    title = "EVA patch classification (linear probe)"
+    description = ("kaiko eva's offline linear-probe protocol on BACH, CRC, MHIST and PatchCamelyon; "
+                   "the average leaves BACH out, as the seed paper does.")
+    Options = EvaOptions
+    tasks = tuple(Task(t.name, t.label, t.metric, description=f"{t.num_classes} classes, reported on "
+                       f"{t.report_split}") for t in TASKS.values())
+    metrics = (Metric("balanced_accuracy", "balanced accuracy", unit="run",
+                      description="binary balanced accuracy of one probe run"),
+               Metric("macro_accuracy", "macro accuracy", unit="run",
+                      description="multiclass macro-averaged accuracy (balanced accuracy) of one probe run"))
+    data_sources = ("synthetic", "PATH")
+    precomputed = ("embeddings_dir",)
+    pooling = DEFAULT_POOLING
+    inline_option = "tasks"
+    export_formats = ("eva",)
+    leaderboard = LeaderboardSpec(
+        title="EVA",
+        per_task=Column("task", "task", "eva metric on the task (balanced accuracy for binary, macro accuracy for "
+                        "multiclass tasks; Dice for segmentation), mean over runs", statistic="mean", spread="std"),
+        task_order=("BACH", "CRC", "MHIST", "PCam", "Cam16", "PANDA", "CoNSeP", "MoNuSAC"),
+        aggregates=(Aggregate("average", "Average (w/o BACH)", "mean over the tasks present except BACH (the seed "
+                              "paper's and eva's rule)", exclude=("BACH",)),),
+        primary=("average",),
+        default_reference="paper",
+        decimals=3,
     )
-    _io.write_json(out / "run.json", record)
-    print()
-    print(format_table(model_name, summary))
-    print(f"\nresults in {out}/ (runs.csv, summary.csv, run.json)")
-    return 0
+
+    def check(self, options: EvaOptions, *, data: str | None, has_model: bool) -> None:
+        if has_model and not data:
+            raise PathbenchError("--bench eva needs --data PATH (folders in eva's layouts, as eva's DATA_ROOT), "
+                                 "--data synthetic (offline demo data), or --embeddings-dir DIR.")
+        if options.embeddings_dir and not Path(options.embeddings_dir).expanduser().is_dir():
+            raise DataError(f"--embeddings-dir {options.embeddings_dir}: no such folder.")
+
+    def prepare(self, options: EvaOptions, data: str | None, *, cache_dir: str | None = None,
+                progress: bool = True) -> Inputs:
+        data_root, task_roots = resolve_data(data, options.task_list, cache_dir)
+        if progress:
+            print("eva tasks: " + ", ".join(f"{TASKS[t].label} ({folder})" for t, folder in task_roots.items()))
+        requests, labels, origins = {}, {}, {}
+        for task, task_root in task_roots.items():
+            for split in TASK_DATA[task].splits:
+                dataset = open_split(task, task_root, split)
+                requests[f"{task}/{split}"] = DataRequest(dataset, desc=f"{task} {split}")
+                labels[f"{task}/{split}"] = np.asarray(dataset.labels)
+                origins[f"{task}/{split}"] = list(dataset.origins)
+        synthetic = data == "synthetic"
+        record = {"kind": "synthetic" if synthetic else "local", "path": str(data_root), "synthetic": synthetic,
+                  "task_roots": {t: str(f) for t, f in task_roots.items()}}
+        return Inputs(requests=requests, context={"tasks": list(task_roots), "labels": labels, "origins": origins},
+                      data=record, input_size=(EVA_IMAGE_SIZE, EVA_IMAGE_SIZE))
+
+    def load_precomputed(self, options: EvaOptions, data: str | None, *, cache_dir: str | None = None,
+                         progress: bool = True) -> Inputs:
+        from pathbench.benches.base import EmbeddingSet
+
+        tasks = options.task_list
+        folder = Path(options.embeddings_dir).expanduser()
+        wanted = tasks or list(TASKS)
+        folders = {t: find_manifest(t, folder, single=bool(tasks) and len(tasks) == 1) for t in wanted}
+        missing = [t for t, f in folders.items() if f is None]
+        if tasks and missing:
+            raise DataError(f"--embeddings-dir {folder}: no eva manifest for {', '.join(missing)}; expected "
+                            f"{folder}/<{'|'.join(TASK_DATA[t].eva_dir for t in missing)}>/manifest.csv"
+                            + (" or a manifest.csv in the folder itself." if len(wanted) == 1 else "."))
+        folders = {t: f for t, f in folders.items() if f is not None}
+        if not folders:
+            raise DataError(f"--embeddings-dir {folder}: no eva task folder with a manifest.csv "
+                            f"({', '.join(d.eva_dir for d in TASK_DATA.values())}).")
+        embeddings, labels = {}, {}
+        for task, task_folder in folders.items():
+            for split, values in read_eva_embeddings(task_folder, progress=progress).items():
+                embeddings[f"{task}/{split}"] = EmbeddingSet(list(values.origins), values.embeddings)
+                labels[f"{task}/{split}"] = values.targets
+        record = {"kind": "embeddings", "path": str(folder), "synthetic": False,
+                  "folders": {t: str(f) for t, f in folders.items()}}
+        return Inputs(embeddings=embeddings, context={"tasks": list(folders), "labels": labels}, data=record)
+
+    def evaluate(self, inputs: Inputs, options: EvaOptions, context: RunContext) -> BenchResult:
+        from pathbench.heads import summarise_runs
+
+        synthetic = inputs.synthetic
+        max_steps, probe_batch = options.probe_settings(synthetic)
+        notes = []
+        if (max_steps, probe_batch) != (12_500, 256):
+            notes.append(f"linear probe with batch {probe_batch} and at most {max_steps} steps (eva's protocol: "
+                         "batch 256, 12500 steps)" + (" for the tiny synthetic splits" if synthetic else ""))
+        rows: list[dict[str, Any]] = []
+        protocols = {}
+        for task in [t for t in TASKS if t in inputs.context["tasks"]]:
+            splits = {key.split("/", 1)[1]: (np.asarray(emb.array, dtype=np.float32), inputs.context["labels"][key])
+                      for key, emb in inputs.embeddings.items() if key.split("/", 1)[0] == task}
+            protocol = protocol_for(TASKS[task], runs=options.runs, max_steps=max_steps, seed=options.seed,
+                                    batch_size=probe_batch)
+            protocols[task] = dataclasses.asdict(protocol)
+            task_started = time.time()
+            task_rows = evaluate_task(task, splits, protocol, device=context.device, progress=context.progress)
+            rows.extend(task_rows)
+            mean, std = summarise_runs([r["value"] for r in task_rows])
+            if context.progress:
+                print(f"{TASKS[task].label}: {task_rows[0]['metric']} on {TASKS[task].report_split} = {mean:.4f} ± "
+                      f"{std:.4f} ({options.runs} runs, {time.time() - task_started:.1f} s)")
+        summary = summarise(rows)
+        average = average_without_bach(summary)
+        average = None if average is None or math.isnan(average) else average
+        protocol_id, detail = eva_protocol(synthetic, max_steps, options.runs, probe_batch)
+        record = {"tasks": list(summary["task"]), "average_without_bach": average,
+                  "settings": {"runs": options.runs, "max_steps": max_steps, "probe_batch_size": probe_batch,
+                               "seed": options.seed},
+                  "probe": {"name": "eva linear probe (offline patch classification)",
+                            "eva_defaults": max_steps == 12_500 and probe_batch == 256, "per_task": protocols},
+                  "summary": summary.to_dict(orient="records")}
+        long_rows = result_rows({"task": r["task"], "unit": r["run"], "metric": r["metric"], "value": r["value"]}
+                                for r in rows)
+        return BenchResult(rows=long_rows, tables={"runs.csv": pd.DataFrame(rows), "summary.csv": summary},
+                           summary=summary, headline={"average": average}, protocol=protocol_id,
+                           protocol_detail=detail, record=record, report="\n" + format_table(context.model_name, summary),
+                           notes=notes)
+
+    def export(self, inputs: Inputs, out: Path, fmt: str, *, progress: bool = True) -> list[Path]:
+        """eva's offline format: ``out/<eva task folder>/manifest.csv`` and one ``.pt`` per image."""
+        written = []
+        for task in inputs.context["tasks"]:
+            keys = [f"{task}/{split}" for split in TASK_DATA[task].splits]
+            embeddings = np.concatenate([np.asarray(inputs.embeddings[k].array) for k in keys])
+            targets = np.concatenate([inputs.context["labels"][k] for k in keys])
+            origins = [o for k in keys for o in inputs.context["origins"][k]]
+            splits = [k.split("/", 1)[1] for k in keys for _ in range(len(inputs.embeddings[k]))]
+            manifest = write_eva_embeddings(Path(out) / TASK_DATA[task].eva_dir, embeddings, targets, origins, splits,
+                                            progress=progress)
+            print(f"{TASKS[task].label}: eva embeddings and manifest in {manifest.parent}")
+            written.append(manifest)
+        return written

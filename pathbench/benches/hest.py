@@ -16,10 +16,8 @@ number of folds or heads) or from HEST's own embedding files (``--embeddings-dir
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
-import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -30,6 +28,20 @@ import pandas as pd
 from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
+from pathbench.benches.base import (
+    Aggregate,
+    Benchmark,
+    BenchResult,
+    Column,
+    DataRequest,
+    Inputs,
+    LeaderboardSpec,
+    Metric,
+    RunContext,
+    Task,
+    option,
+    result_rows,
+)
 from pathbench.benches.hest_protocol import (
     DEFAULT_HEAD,
     DEFAULT_N_COMPONENTS,
@@ -229,27 +241,6 @@ def evaluate_hest(
                       notes=notes)
 
 
-def extractor_embeddings(extractor, pooling: str, **extraction_options) -> EmbeddingSource:
-    """An embedding source that runs ``extractor`` on the patch files through the feature cache.
-
-    ``extraction_options`` go to :func:`pathbench.features.extract_features` (cache_dir,
-    batch_size, num_workers, shard_size, progress).
-    """
-    from pathbench.data.hest import HestPatchDataset
-    from pathbench.features import extract_features
-
-    def embed(task: HestTask, sample: HestSample) -> tuple[Sequence[str], np.ndarray]:
-        dataset = HestPatchDataset(sample.patches_path, sample_id=sample.sample_id)
-        try:
-            features = extract_features(extractor, dataset, pooling=pooling,
-                                        desc=f"{task.name}/{sample.sample_id}", **extraction_options)
-            return features.item_ids, np.asarray(features.array, dtype=np.float32)
-        finally:
-            dataset.close()
-
-    return embed
-
-
 def hest_cache_embeddings(embeddings_dir: str | os.PathLike, model_name: str | None = None) -> EmbeddingSource:
     """An embedding source reading HEST's embedding files (``<dir>/<TASK>[/<model>]/<sample_id>.h5``)."""
 
@@ -281,22 +272,6 @@ def format_table(summary: pd.DataFrame, model: str) -> str:
 # Command line
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """HEST's own flags (the common ones come from the CLI)."""
-    group = parser.add_argument_group("hest")
-    group.add_argument("--tasks", default=None,
-                       help="comma-separated HEST tasks (default: the nine leaderboard tasks "
-                            f"{','.join(HEST_TASKS)}; with --data synthetic, every synthetic task)")
-    group.add_argument("--head", default=DEFAULT_HEAD, choices=HEADS,
-                       help="regression head: ridge-pca (HEST default: StandardScaler + PCA(256) + ridge), "
-                            "ridge (raw embeddings), ridge-cv (alpha by inner CV on the train fold)")
-    group.add_argument("--embeddings-dir", default=None,
-                       help="evaluate HEST's own embedding files <DIR>/<TASK>[/<model>]/<sample_id>.h5 "
-                            "instead of running a model (name the run with --model-name)")
-    group.add_argument("--seed", type=int, default=DEFAULT_SEED,
-                       help="random_state of PCA and ridge (HEST: 1)")
-
-
 def parse_tasks(value: str | None) -> list[str] | None:
     """``"IDC, prad"`` -> ``["IDC", "PRAD"]``; None or empty -> None."""
     if not value:
@@ -308,7 +283,7 @@ def parse_tasks(value: str | None) -> list[str] | None:
 def synthetic_root(cache_dir: str | os.PathLike | None) -> Path:
     """Where ``--data synthetic`` writes its dataset: ``<pathbench cache>/datasets/synthetic-hest``."""
     from pathbench.data.synthetic_hest import GENERATOR_VERSION
-    from pathbench.features import cache_root
+    from pathbench.settings import cache_root
 
     return cache_root(cache_dir) / "datasets" / f"synthetic-hest-v{GENERATOR_VERSION}"
 
@@ -353,61 +328,129 @@ def resolve_data(data: str | None, tasks: list[str] | None, cache_dir: str | os.
     return root, present
 
 
-def run(args: argparse.Namespace, bench_options: str | None) -> int:
-    """``pathbench evaluate --bench hest``: evaluate, write the results, print the table."""
-    from pathbench import cli_common
-    from pathbench._io import write_csv, write_json
-    from pathbench.provenance import provenance
+HEST_MPP = 0.5  # HEST-Benchmark patches are 224 x 224 pixels at 0.5 um/px
 
-    started = time.time()
-    tasks = parse_tasks(getattr(args, "tasks", None)) or parse_tasks(bench_options)
-    seed = getattr(args, "seed", DEFAULT_SEED)
-    head = getattr(args, "head", DEFAULT_HEAD)
-    embeddings_dir = getattr(args, "embeddings_dir", None)
-    if embeddings_dir:
-        model_name = getattr(args, "model_name", None) or getattr(args, "model", None)
-        if not model_name:
-            raise PathbenchError("--embeddings-dir needs --model-name NAME to label the results "
-                                 "(and to find <DIR>/<TASK>/<NAME>/<sample_id>.h5 in HEST's layout).")
-        if not Path(embeddings_dir).is_dir():
-            raise DataError(f"--embeddings-dir {embeddings_dir}: no such folder; expected HEST embedding files "
-                            "<DIR>/<TASK>/<sample_id>.h5 or <DIR>/<TASK>/<model>/<sample_id>.h5.")
-        embed = hest_cache_embeddings(embeddings_dir, model_name)
-        extractor, pooling = None, None
-    else:   # the model first: a wrong name or missing access fails before any data download
-        pooling = cli_common.resolve_pooling(args, "hest")
-        extractor = cli_common.extractor_from_args(args, bench="hest")
-        model_name = cli_common.model_label(args)
-        embed = extractor_embeddings(extractor, pooling, **cli_common.extraction_options(args))
-    root, tasks = resolve_data(getattr(args, "data", None), tasks, getattr(args, "cache_dir", None),
-                               need_patches=not embeddings_dir)
-    loaded = [load_task(root, name) for name in tasks]
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", HestWarning)   # printed below, once, with the results
-        result = evaluate_hest(loaded, embed, head=head, seed=seed, progress=not getattr(args, "no_progress", False))
+@dataclass
+class HestOptions:
+    """HEST's options (see ``pathbench evaluate --bench hest --help``)."""
 
-    out = cli_common.results_dir(args, "hest", model_name)
-    write_csv(out / "folds.csv", result.folds)
-    write_csv(out / "genes.csv", result.genes)
-    write_csv(out / "summary.csv", result.summary)
-    write_csv(out / "samples.csv", result.samples)
-    settings = {
-        "bench": "hest", "protocol": PROTOCOL_DESCRIPTIONS[head],
-        "model_name": model_name, "head": head, "seed": seed, "tasks": tasks,
-        "data": {"source": data_source(getattr(args, "data", None)), "path": str(root)},
-        "data_fingerprint": tasks_fingerprint(loaded),
-        "embeddings_dir": str(embeddings_dir) if embeddings_dir else None,
-        "n_components": 256 if head != "ridge" else None,
-        "alpha": "100 / (n_features * n_genes)" if head != "ridge-cv" else "inner cross-validation",
-        "notes": result.notes, "average_pearson": result.average,
-        "elapsed_s": round(time.time() - started, 2),
-    }
-    write_json(out / "run.json", provenance(extractor=extractor, pooling=pooling, **settings))
+    tasks: str | None = option(help="comma-separated HEST tasks (default: the nine leaderboard tasks "
+                               f"{','.join(HEST_TASKS)}; with --data synthetic, every synthetic task)")
+    head: str = option(DEFAULT_HEAD, choices=HEADS,
+                       help="regression head: ridge-pca (HEST default: StandardScaler + PCA(256) + ridge), "
+                            "ridge (raw embeddings), ridge-cv (alpha by inner CV on the train fold)")
+    embeddings_dir: str | None = option(help="evaluate HEST's own embedding files <DIR>/<TASK>[/<model>]/"
+                                        "<sample_id>.h5 instead of running a model (name the run with --model-name)")
+    seed: int = option(DEFAULT_SEED, help="random_state of PCA and ridge (HEST: 1)")
 
-    print(f"HEST ({head}, seed {seed}, pooling {pooling or 'from embeddings'}): Pearson r, mean ± std over folds")
-    print(format_table(result.summary, model_name))
-    for note in result.notes:
-        print(f"note: {note}")
-    print(f"results: {out}")
-    return 0
+    def __post_init__(self) -> None:
+        if self.head not in HEADS:
+            raise PathbenchError(f"unknown HEST head {self.head!r}: expected one of {', '.join(HEADS)}.")
+
+
+def _pearson_column() -> Column:
+    return Column("task", "task", "Pearson r per gene on the pooled test spots of a fold, mean over genes, then "
+                  "over folds", metric="pearson", statistic="nested-mean", spread="outer-std")
+
+
+class HestBenchmark(Benchmark):
+    """HEST-Benchmark: gene-expression prediction from tile embeddings."""
+
+    name = "hest"
+    protocol = "hest-v1"
+    title = "HEST gene-expression prediction"
+    description = "Predict the expression of 50 genes per spot with HEST-Benchmark's ridge protocol (Pearson r)."
+    Options = HestOptions
+    tasks = tuple(Task(t, t, "pearson", description=f"HEST-Benchmark task {t}") for t in HEST_TASKS)
+    metrics = (Metric("pearson", "Pearson r", unit="gene",
+                      description="Pearson r of one gene over the pooled test spots of one fold (unit fold|gene)"),)
+    data_sources = ("hf", "synthetic", "PATH")
+    precomputed = ("embeddings_dir",)
+    inline_option = "tasks"
+    leaderboard = LeaderboardSpec(
+        title="HEST gene expression (Pearson r)",
+        per_task=_pearson_column(),
+        task_order=tuple(HEST_TASKS),
+        aggregates=(Aggregate("average", "Average", "plain mean over the tasks of the row's task means"),),
+        primary=("average",),
+        default_reference="paper",
+        decimals=4,
+        task_bars=True,
+        task_bars_caption="HEST: Pearson r per task (bars), reference rows and your runs "
+                          "(error bars: bootstrap 95 % CI).",
+    )
+
+    def check(self, options: HestOptions, *, data: str | None, has_model: bool) -> None:
+        if options.embeddings_dir and not Path(options.embeddings_dir).is_dir():
+            raise DataError(f"--embeddings-dir {options.embeddings_dir}: no such folder; expected HEST embedding "
+                            "files <DIR>/<TASK>/<sample_id>.h5 or <DIR>/<TASK>/<model>/<sample_id>.h5.")
+
+    def _tasks(self, options: HestOptions, data: str | None, cache_dir: str | None,
+               need_patches: bool) -> tuple[Path, list[HestTask]]:
+        root, names = resolve_data(data, parse_tasks(options.tasks), cache_dir, need_patches=need_patches)
+        return root, [load_task(root, name) for name in names]
+
+    def _data_record(self, data: str | None, root: Path, tasks: list[HestTask]) -> dict:
+        source = data_source(data)
+        kind = "synthetic" if source == "synthetic" else ("hub" if source.startswith("hf:") else "local")
+        return {"source": source, "kind": kind, "path": str(root), "synthetic": source == "synthetic",
+                "fingerprint": tasks_fingerprint(tasks)}
+
+    def prepare(self, options: HestOptions, data: str | None, *, cache_dir: str | None = None,
+                progress: bool = True) -> Inputs:
+        from pathbench.data.hest import HestPatchDataset
+
+        root, tasks = self._tasks(options, data, cache_dir, need_patches=True)
+        requests = {}
+        for task in tasks:
+            for sample_id in task.sample_ids:
+                sample = task.samples[sample_id]
+                dataset = HestPatchDataset(sample.patches_path, sample_id=sample_id)
+                requests[f"{task.name}/{sample_id}"] = DataRequest(dataset, desc=f"{task.name}/{sample_id}")
+        return Inputs(requests=requests, context={"tasks": tasks, "root": root},
+                      data=self._data_record(data, root, tasks), mpp=HEST_MPP)
+
+    def load_precomputed(self, options: HestOptions, data: str | None, *, cache_dir: str | None = None,
+                         progress: bool = True) -> Inputs:
+        root, tasks = self._tasks(options, data, cache_dir, need_patches=False)
+        return Inputs(context={"tasks": tasks, "root": root, "embeddings_dir": options.embeddings_dir},
+                      data=self._data_record(data, root, tasks), mpp=HEST_MPP)
+
+    def evaluate(self, inputs: Inputs, options: HestOptions, context: RunContext) -> BenchResult:
+        tasks: list[HestTask] = inputs.context["tasks"]
+        if inputs.context.get("embeddings_dir"):
+            embed = hest_cache_embeddings(inputs.context["embeddings_dir"], context.model_name)
+        else:
+            def embed(task: HestTask, sample: HestSample) -> tuple[Sequence[str], np.ndarray]:
+                found = inputs.embeddings[f"{task.name}/{sample.sample_id}"]
+                return found.item_ids, np.asarray(found.array, dtype=np.float32)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", HestWarning)   # printed once, with the results
+            result = evaluate_hest(tasks, embed, head=options.head, seed=options.seed, progress=context.progress)
+        synthetic = inputs.synthetic
+        if not synthetic and options.head == "ridge-pca":
+            protocol = "hest-ridge-pca256"
+            detail = ("HEST-Benchmark default: log1p targets, 50 genes, StandardScaler + PCA(256) + ridge, "
+                      "Pearson per gene, mean over folds")
+        else:
+            kind = "synthetic" if synthetic else "real"
+            protocol = f"hest-{kind}-{options.head}"
+            detail = (f"{'synthetic HEST (not HEST data)' if synthetic else 'HEST data'}, head {options.head}, "
+                      "Pearson per gene, mean over folds")
+        record = {"head": options.head, "seed": options.seed, "tasks": [t.name for t in tasks],
+                  "data_fingerprint": tasks_fingerprint(tasks), "hest_protocol": PROTOCOL_DESCRIPTIONS[options.head],
+                  "embeddings_dir": str(inputs.context.get("embeddings_dir") or "") or None,
+                  "n_components": DEFAULT_N_COMPONENTS if options.head != "ridge" else None,
+                  "alpha": "100 / (n_features * n_genes)" if options.head != "ridge-cv" else "inner cross-validation",
+                  "average_pearson": result.average}
+        genes = result.genes
+        rows = result_rows({"task": g.task, "unit": f"{g.fold}|{g.gene}", "metric": "pearson",
+                            "value": float("nan") if g.excluded else g.pearson} for g in genes.itertuples())
+        header = (f"HEST ({options.head}, seed {options.seed}): Pearson r, mean ± std over folds")
+        return BenchResult(rows=rows, tables={"folds.csv": result.folds, "genes.csv": result.genes,
+                                              "summary.csv": result.summary, "samples.csv": result.samples},
+                           summary=result.summary, headline={"average": result.average}, protocol=protocol,
+                           protocol_detail=detail, record=record,
+                           report=header + "\n" + format_table(result.summary, context.model_name),
+                           notes=list(result.notes))

@@ -20,7 +20,6 @@ docs/plism.md.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import math
@@ -33,13 +32,31 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pathbench._io import read_json, write_csv, write_json
+from pathbench._io import read_json, write_csv
+from pathbench.benches.base import (
+    Aggregate,
+    Benchmark,
+    BenchResult,
+    Column,
+    DataRequest,
+    Inputs,
+    LeaderboardSpec,
+    Metric,
+    Panel,
+    Plot,
+    RunContext,
+    Task,
+    option,
+    result_rows,
+)
 from pathbench.data import plism as plism_data
 from pathbench.errors import DataError, PathbenchError
+from pathbench.results import read_csv_exact
 
 PROTOCOL = "plism-v1"
 KS: tuple[int, ...] = (1, 3, 5, 10)
-METRICS: tuple[str, ...] = ("cosine_similarity", *(f"top_{k}_accuracy" for k in KS))
+COSINE_METRIC = "cosine_similarity"
+METRICS: tuple[str, ...] = (COSINE_METRIC, *(f"top_{k}_accuracy" for k in KS))
 PAIR_COLUMNS: tuple[str, ...] = (
     "slide_a",
     "slide_b",
@@ -55,130 +72,224 @@ _CHECKPOINT_SECONDS = 30.0
 
 
 # ------------------------------------------------------------------------------------
-# Command line
+# The benchmark
 # ------------------------------------------------------------------------------------
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """PLISM's flags (the common ones come from :mod:`pathbench.cli_common`)."""
-    group = parser.add_argument_group("PLISM")
-    group.add_argument(
-        "--n-tiles",
-        choices=N_TILES_CHOICES,
-        default=None,
-        help="plismbench's official tile subset (default 8139; 'all' with --data synthetic), or all tiles",
-    )
-    group.add_argument("--tile-subset", help="a .npy file of row indices into the (x, y)-sorted tiles")
-    group.add_argument(
-        "--stainings", nargs="+", help="staining codes to keep, e.g. GMH GIV HR or GMH,GIV,HR (default: all)"
-    )
-    group.add_argument("--scanners", nargs="+", help="scanner codes to keep, e.g. S60 AT2 (default: all)")
-    group.add_argument(
-        "--features-dir",
-        help="features already extracted in plismbench's layout (<dir>/<slide_id>/features.npy)",
-    )
-    group.add_argument(
-        "--backend",
-        choices=("auto", "torch", "faiss"),
-        default="auto",
-        help="retrieval backend (identical results; default: the fastest measured)",
-    )
-    parser.epilog = (
-        "--data: hf (stream owkin/plism-dataset-tiles, default), hf-h5 (download the asked slides of "
-        "owkin/plism-dataset), synthetic (offline simulated demo, NOT PLISM), or a folder of parquet shards "
-        "or .h5 files."
-    )
+# Pair groups are the benchmark's tasks: every slide pair belongs to exactly one of them.
+GROUP_TASKS: dict[str, str] = {
+    "inter-scanner": "inter_scanner",
+    "inter-staining": "inter_staining",
+    "inter-scanner & inter-staining": "both",
+}
+SAME_CONDITIONS_TASK = "same"
+# (slides, tiles per slide) of the two published settings, and their protocol ids.
+OFFICIAL_SETTINGS = {(91, 8139): ("plismbench-91x8139", "plismbench: all 91 slides (4,095 pairs), official "
+                                                        "8,139-tile subset; medians over pairs"),
+                     (21, 16278): ("plism-paper-21", "seed paper setting: 21 slides (210 pairs), all 16,278 "
+                                                     "tiles; median (IQR) over all pairs")}
 
 
-def run(args: argparse.Namespace, bench_options: str | None) -> int:
-    """``pathbench evaluate --bench plism ...``; returns the exit status."""
-    from pathbench import cli_common
-    from pathbench.provenance import provenance
+@dataclass
+class PlismOptions:
+    """PLISM's options (see ``pathbench evaluate --bench plism --help``)."""
 
-    if bench_options:
-        raise PathbenchError(f"--bench plism takes no options after ':' (got {bench_options!r}).")
-    if args.tile_subset and args.n_tiles:
-        raise PathbenchError("give either --n-tiles or --tile-subset, not both.")
-    progress = not args.no_progress
-    subset_spec: str = args.tile_subset or args.n_tiles or ("all" if args.data == "synthetic" else "8139")
-    metrics_device = args.device if args.device == "cpu" or args.device.startswith("cuda") else "auto"
-    if args.device == "mps":
-        metrics_device = "cpu"
+    n_tiles: str | None = option(choices=N_TILES_CHOICES, help="plismbench's official tile subset (default 8139; "
+                                 "'all' with --data synthetic), or all tiles")
+    tile_subset: str | None = option(help="a .npy file of row indices into the (x, y)-sorted tiles")
+    stainings: list[str] | None = option(help="staining codes to keep, e.g. GMH GIV HR or GMH,GIV,HR (default: all)")
+    scanners: list[str] | None = option(help="scanner codes to keep, e.g. S60 AT2 (default: all)")
+    features_dir: str | None = option(help="features already extracted in plismbench's layout "
+                                      "(<dir>/<slide_id>/features.npy)")
+    backend: str = option("auto", choices=("auto", "torch", "faiss"),
+                          help="retrieval backend (identical results; default: the fastest measured)")
 
-    if args.features_dir:
-        if args.model:
-            raise PathbenchError(
-                "--features-dir evaluates precomputed features: drop --model, use --model-name."
-            )
-        if not args.model_name:
-            raise PathbenchError("--features-dir needs --model-name NAME to file the results under.")
-        if not Path(args.features_dir).is_dir():
-            raise DataError(
-                f"--features-dir {args.features_dir}: no such folder; expected plismbench's layout "
-                "<dir>/<slide_id>/features.npy."
-            )
-        # the inputs are checked before the tile subset is fetched (which may need the network)
-        tile_subset = plism_data.load_tile_subset(subset_spec, cache_dir=args.cache_dir)
-        features = plism_data.PlismbenchFeatures(
-            args.features_dir, args.stainings, args.scanners, tile_subset
-        )
-        model_name = args.model_name
-        identity = {"features": features.identity()}
-        record = provenance(model={"name": model_name, "source": "plismbench-layout features"})
-        source = {"kind": "features-dir", "path": str(features.root)}
-        n_tiles = len(features.rows)
-        slide_ids = list(features.slide_ids)
-    else:
-        model_name = cli_common.model_label(args)
-        # the data is checked before the model is loaded (or its weights downloaded)
+    def __post_init__(self) -> None:
+        if self.tile_subset and self.n_tiles:
+            raise PathbenchError("give either --n-tiles or --tile-subset, not both.")
+        if self.n_tiles is not None and str(self.n_tiles) not in N_TILES_CHOICES:
+            raise PathbenchError(f"--n-tiles must be one of {', '.join(N_TILES_CHOICES)}; got {self.n_tiles!r}.")
+        if self.backend not in ("auto", "torch", "faiss"):
+            raise PathbenchError(f"--backend must be auto, torch or faiss; got {self.backend!r}.")
+        for name in ("stainings", "scanners"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                setattr(self, name, [value])
+
+    def subset_spec(self, data: str | None) -> str:
+        return self.tile_subset or self.n_tiles or ("all" if data == "synthetic" else "8139")
+
+
+def _median_column(key: str, label: str, metric: str, tasks: tuple[str, ...] | None, description: str) -> Column:
+    return Column(key, label, description, metric=metric, tasks=tasks, statistic="median", spread="iqr")
+
+
+_TOP10 = "top_10_accuracy"
+LEADERBOARD = LeaderboardSpec(
+    title="PLISM robustness",
+    columns=(
+        _median_column("cosine_all", "Cosine (all)", COSINE_METRIC, None,
+                       "median over all slide pairs of the mean cosine similarity of matched tiles"),
+        _median_column("top1_all", "Top-1 (all)", "top_1_accuracy", None,
+                       "median over all slide pairs of the top-1 retrieval accuracy"),
+        _median_column("top5_all", "Top-5 (all)", "top_5_accuracy", None,
+                       "median over all slide pairs of the top-5 retrieval accuracy"),
+        _median_column("top10_inter_scanner", "Top-10 inter-scanner", _TOP10, ("inter_scanner",),
+                       "median top-10 accuracy over pairs with the same staining and different scanners"),
+        _median_column("top10_inter_staining", "Top-10 inter-staining", _TOP10, ("inter_staining",),
+                       "median top-10 accuracy over pairs with the same scanner and different stainings"),
+        _median_column("top10_both", "Top-10 inter-scanner & inter-staining", _TOP10, ("both",),
+                       "median top-10 accuracy over pairs where both staining and scanner differ"),
+        _median_column("top1_inter_scanner", "Top-1 inter-scanner", "top_1_accuracy", ("inter_scanner",),
+                       "median top-1 accuracy over inter-scanner pairs (the paper's Figure 4, x axis)"),
+        _median_column("top1_inter_staining", "Top-1 inter-staining", "top_1_accuracy", ("inter_staining",),
+                       "median top-1 accuracy over inter-staining pairs (the paper's Figure 4, y axis)"),
+    ),
+    default_columns=("cosine_all", "top1_all", "top5_all", "top10_inter_scanner", "top10_inter_staining",
+                     "top10_both", "leaderboard_score"),
+    aggregates=(Aggregate("leaderboard_score", "Leaderboard score",
+                          "mean of cosine (all) and the three top-10 group medians (plismbench's score)",
+                          parts=("cosine_all", "top10_inter_scanner", "top10_inter_staining", "top10_both")),),
+    primary=("leaderboard_score", "top5_all"),
+    default_reference="plismbench",
+    decimals=3,
+    spread_with_reference=True,
+    plots=(
+        Plot("plism_figure1", "PLISM robustness: retrieval vs cosine similarity",
+             "PLISM: median top-5 accuracy vs median cosine similarity over all slide pairs (the seed paper's "
+             "Figure 1); reference points from the paper's Table 3 (21 slides, 16,278 tiles).",
+             (Panel("cosine_all", "top5_all", xlabel="median cosine similarity (all pairs)",
+                    ylabel="median top-5 accuracy (all pairs)", reference="paper",
+                    reference_label="published (seed paper Table 3: 21 slides, 16,278 tiles)"),)),
+        Plot("plism_figure4", "PLISM: scanner vs staining robustness",
+             "PLISM: robustness to scanners vs to stainings (the seed paper's Figure 4, median top-1; its numbers "
+             "are published only as a figure) and the same with top-10 including the plismbench README rows.",
+             (Panel("top1_inter_scanner", "top1_inter_staining", title="median top-1 (the paper's Figure 4)",
+                    xlabel="robustness to scanners (inter-scanner pairs)",
+                    ylabel="robustness to stainings (inter-staining pairs)",
+                    note="published only as a figure:\nno reference numbers", from_zero=True),
+              Panel("top10_inter_scanner", "top10_inter_staining", title="median top-10",
+                    xlabel="robustness to scanners (inter-scanner pairs)",
+                    ylabel="robustness to stainings (inter-staining pairs)", reference="plismbench",
+                    reference_label="published (plismbench README: 91 slides, 8,139 tiles)", from_zero=True))),
+    ),
+)
+
+
+class PlismBenchmark(Benchmark):
+    """PLISM robustness: stability of embeddings across stainings and scanners."""
+
+    name = "plism"
+    protocol = PROTOCOL
+    title = "PLISM robustness to scanners and stainings"
+    description = __doc__ or ""
+    epilog = ("--data: hf (stream owkin/plism-dataset-tiles, default), hf-h5 (download the asked slides of "
+              "owkin/plism-dataset), synthetic (offline simulated demo, NOT PLISM), or a folder of parquet shards "
+              "or .h5 files.")
+    Options = PlismOptions
+    tasks = (
+        Task("inter_scanner", "inter-scanner", COSINE_METRIC, description="same staining, different scanners"),
+        Task("inter_staining", "inter-staining", COSINE_METRIC, description="same scanner, different stainings"),
+        Task("both", "inter-scanner & inter-staining", COSINE_METRIC, description="both differ"),
+    )
+    metrics = (
+        Metric(COSINE_METRIC, "cosine", unit="pair", description="mean cosine similarity of matched tiles"),
+        *(Metric(f"top_{k}_accuracy", f"top-{k}", unit="pair",
+                 description=f"top-{k} retrieval accuracy of a tile's twin among both slides' tiles") for k in KS),
+    )
+    data_sources = ("hf", "hf-h5", "synthetic", "PATH")
+    precomputed = ("features_dir",)
+    leaderboard = LEADERBOARD
+
+    def check(self, options: PlismOptions, *, data: str | None, has_model: bool) -> None:
+        if options.features_dir and not Path(options.features_dir).is_dir():
+            raise DataError(f"--features-dir {options.features_dir}: no such folder; expected plismbench's layout "
+                            "<dir>/<slide_id>/features.npy.")
+
+    def prepare(self, options: PlismOptions, data: str | None, *, cache_dir: str | None = None,
+                progress: bool = True) -> Inputs:
+        subset_spec = options.subset_spec(data)
         # the subset is settled before the (possibly long) download of the slides
-        tile_subset = plism_data.load_tile_subset(subset_spec, cache_dir=args.cache_dir)
-        slides, source = open_plism(args.data, args.stainings, args.scanners, args.cache_dir, progress)
+        tile_subset = plism_data.load_tile_subset(subset_spec, cache_dir=cache_dir)
+        slides, source = open_plism(data, options.stainings, options.scanners, cache_dir, progress)
         slides = align_and_subset(slides, tile_subset)
-        extractor = cli_common.extractor_from_args(args, bench="plism")
-        pooling = cli_common.resolve_pooling(args, "plism")
-        slide_ids = list(slides)
-        options = cli_common.extraction_options(args)
-        extracted = {}
-        for slide_id, dataset in slides.items():
-            extracted[slide_id] = extract_slide(extractor, dataset, pooling, options)
-        features = {slide_id: f.array for slide_id, f in extracted.items()}
-        identity = {"features": {slide_id: f.key for slide_id, f in extracted.items()}}
-        record = provenance(extractor=extractor, pooling=pooling)
-        n_tiles = len(next(iter(slides.values())))
+        requests = {slide_id: DataRequest(dataset, desc=slide_id) for slide_id, dataset in slides.items()}
+        context = {"slide_ids": list(slides), "n_tiles": len(next(iter(slides.values()))),
+                   "tile_subset": plism_data.subset_description(subset_spec, tile_subset)}
+        source = {**source, "synthetic": source.get("kind") == "synthetic"}
+        return Inputs(requests=requests, context=context, data=source, mpp=PLISM_MPP)
 
-    out = cli_common.results_dir(args, "plism", model_name)
-    settings = {
-        "protocol": PROTOCOL,
-        "ks": list(KS),
-        "slides": slide_ids,
-        "tile_subset": plism_data.subset_description(subset_spec, tile_subset),
-        **identity,
-    }
-    record.update(
-        benchmark="plism",
-        model_name=model_name,
-        data=source,
-        tile_subset=settings["tile_subset"],
-        n_tiles_per_slide=n_tiles,
-        slides=slide_ids,
-        backend=args.backend,
-    )
-    result = evaluate_plism(
-        features,
-        slide_ids,
-        out,
-        settings=settings,
-        run_record=record,
-        backend=args.backend,
-        device=metrics_device,
-        progress=progress,
-    )
-    title = f"PLISM robustness of {model_name}: {len(slide_ids)} slides, {len(result.pairs)} pairs, {n_tiles} tiles per slide"
-    if source.get("kind") == "synthetic":
-        title += "\n(simulated demo data built from real H&E tissue: NOT PLISM, not comparable with published numbers)"
-    print(format_table(result.summary, result.leaderboard_score, title=title))
-    print(f"\nresults: {out}/pairs.csv, summary.csv, run.json")
-    return 0
+    def load_precomputed(self, options: PlismOptions, data: str | None, *, cache_dir: str | None = None,
+                         progress: bool = True) -> Inputs:
+        subset_spec = options.subset_spec(data)
+        tile_subset = plism_data.load_tile_subset(subset_spec, cache_dir=cache_dir)
+        features = plism_data.PlismbenchFeatures(options.features_dir, options.stainings, options.scanners,
+                                                 tile_subset)
+        context = {"slide_ids": list(features.slide_ids), "n_tiles": len(features.rows), "features": features,
+                   "features_identity": features.identity(),
+                   "tile_subset": plism_data.subset_description(subset_spec, tile_subset)}
+        return Inputs(context=context, data={"kind": "features-dir", "path": str(features.root),
+                                             "synthetic": False}, mpp=PLISM_MPP)
 
+    def evaluate(self, inputs: Inputs, options: PlismOptions, context: RunContext) -> BenchResult:
+        slide_ids = inputs.context["slide_ids"]
+        if "features" in inputs.context:  # plismbench's files, read one slide at a time
+            features: Mapping[str, Any] = inputs.context["features"]
+            identity = {"features": inputs.context["features_identity"]}
+        else:
+            features = {s: inputs.embeddings[s].array for s in slide_ids}
+            identity = {"features": {s: inputs.embeddings[s].key for s in slide_ids}}
+        settings = {"protocol": PROTOCOL, "ks": list(KS), "slides": slide_ids,
+                    "tile_subset": inputs.context["tile_subset"], **identity}
+        device = context.device if context.device == "cpu" or context.device.startswith("cuda") else "auto"
+        result = evaluate_plism(features, slide_ids, context.out_dir, settings=settings, previous=context.previous,
+                                backend=options.backend, device=device, progress=context.progress)
+        n_tiles = inputs.context["n_tiles"]
+        protocol, detail = plism_protocol(len(slide_ids), n_tiles, inputs.synthetic)
+        title = (f"PLISM robustness of {context.model_name}: {len(slide_ids)} slides, {len(result.pairs)} pairs, "
+                 f"{n_tiles} tiles per slide")
+        if inputs.synthetic:
+            title += ("\n(simulated demo data built from real H&E tissue: NOT PLISM, not comparable with published "
+                      "numbers)")
+        score = None if math.isnan(result.leaderboard_score) else result.leaderboard_score
+        record = {"leaderboard_score": score, "config_key": config_key(settings), "settings": settings,
+                  "n_pairs": len(result.pairs), "tile_subset": inputs.context["tile_subset"],
+                  "n_tiles_per_slide": n_tiles, "slides": slide_ids, "backend": options.backend}
+        return BenchResult(rows=pair_rows(result.pairs), tables={"pairs.csv": result.pairs,
+                                                                 "summary.csv": result.summary},
+                           summary=result.summary, headline={"leaderboard_score": score}, protocol=protocol,
+                           protocol_detail=detail, record=record,
+                           report=format_table(result.summary, result.leaderboard_score, title=title))
+
+
+PLISM_MPP = 0.5  # PLISM tiles are 224 x 224 pixels at 0.5 um/px (20x)
+
+
+def plism_protocol(n_slides: int, n_tiles: int, synthetic: bool) -> tuple[str, str]:
+    """(protocol id, description) of a PLISM run: the published settings get their ids."""
+    n_pairs = n_slides * (n_slides - 1) // 2
+    if synthetic:
+        return (f"plism-synthetic-{n_slides}x{n_tiles}",
+                f"synthetic PLISM simulation (not PLISM): {n_slides} slides ({n_pairs:,} pairs), {n_tiles:,} tiles")
+    if (n_slides, n_tiles) in OFFICIAL_SETTINGS:
+        return OFFICIAL_SETTINGS[(n_slides, n_tiles)]
+    return f"plism-{n_slides}x{n_tiles}", f"PLISM, {n_slides} slides ({n_pairs:,} pairs), {n_tiles:,} tiles"
+
+
+def pair_task(staining_a: str, scanner_a: str, staining_b: str, scanner_b: str) -> str:
+    """The task (pair group) of a slide pair: inter_scanner, inter_staining, both or same."""
+    from pathbench.benches.plism_metrics import pair_group
+
+    group = pair_group(staining_a, scanner_a, staining_b, scanner_b)
+    return SAME_CONDITIONS_TASK if group is None else GROUP_TASKS[group]
+
+
+def pair_rows(pairs: pd.DataFrame) -> pd.DataFrame:
+    """Long-form rows of a pair table: task = pair group, unit = ``slide_a|slide_b``."""
+    tasks = [pair_task(*r) for r in pairs[["staining_a", "scanner_a", "staining_b", "scanner_b"]].itertuples(
+        index=False, name=None)]
+    units = (pairs["slide_a"].astype(str) + "|" + pairs["slide_b"].astype(str)).tolist()
+    frames = [pd.DataFrame({"task": tasks, "unit": units, "metric": metric,
+                            "value": pairs[metric].to_numpy(np.float64)}) for metric in METRICS]
+    return result_rows(pd.concat(frames, ignore_index=True).to_dict("records"))
 
 # ------------------------------------------------------------------------------------
 # Data
@@ -244,15 +355,6 @@ def align_and_subset(
     return {s: d.subset(rows) for s, d in slides.items()}
 
 
-def extract_slide(
-    extractor: Any, dataset: plism_data.PlismSlide, pooling: str, options: Mapping[str, Any]
-) -> Any:
-    """One slide's embeddings through the shared feature cache (``Features``)."""
-    from pathbench.features import extract_features
-
-    return extract_features(extractor, dataset, pooling=pooling, desc=f"{dataset.slide_id}", **options)
-
-
 # ------------------------------------------------------------------------------------
 # Metrics, resumption and outputs
 # ------------------------------------------------------------------------------------
@@ -277,33 +379,35 @@ def evaluate_plism(
     out_dir: str | Path,
     *,
     settings: Mapping[str, Any],
-    run_record: Mapping[str, Any] | None = None,
+    previous: Mapping[str, Any] | None = None,
     backend: str = "auto",
     device: str = "cpu",
     progress: bool = True,
     checkpoint_pairs: int = _CHECKPOINT_PAIRS,
     checkpoint_seconds: float = _CHECKPOINT_SECONDS,
 ) -> PlismResult:
-    """Compute every slide pair's metrics into ``out_dir``, resuming a run of the same settings.
+    """Compute every slide pair's metrics, resuming a run of the same settings in ``out_dir``.
 
     Args:
         features: ``slide_id -> (n_tiles, dim)`` features, rows aligned across slides.
         slide_ids: the slides to pair (all unordered pairs are evaluated).
-        out_dir: results folder; gets ``pairs.csv``, ``summary.csv`` and ``run.json``.
+        out_dir: the run's results folder (holds the progress of an unfinished run).
         settings: JSON-able description of everything that determines the numbers; its
             hash (the config key) decides which earlier rows may be reused.
-        run_record: provenance merged into ``run.json``.
+        previous: the ``run.json`` of an earlier run in ``out_dir``: when it is complete and
+            has the same config key, its ``pairs.csv`` rows are reused as they are.
 
     Progress is kept in ``.pairs-partial-<key>.csv``, rewritten atomically every
     ``checkpoint_pairs`` pairs or ``checkpoint_seconds`` and when the run is stopped by an
-    exception (Ctrl-C included); only rows of the same key are ever reused. ``run.json`` is written last and marks the run complete.
+    exception (Ctrl-C included); only rows of the same key are ever reused. The runner
+    removes the file once the run's results are written.
     """
     from pathbench.benches import plism_metrics
 
     out_dir = Path(out_dir)
     key = config_key(settings)
     pairs = plism_metrics.all_pairs(slide_ids)
-    done = _reusable_rows(out_dir, key, pairs)
+    done = _reusable_rows(out_dir, key, pairs, previous)
     remaining = [p for p in pairs if p not in done]
     partial = out_dir / f".pairs-partial-{key[:16]}.csv"
     rows = list(done.values())
@@ -325,21 +429,11 @@ def evaluate_plism(
             if unsaved:
                 write_csv(partial, _pairs_frame(rows, pairs))
             raise
+        if unsaved:
+            write_csv(partial, _pairs_frame(rows, pairs))
     table = _pairs_frame(rows, pairs)
     summary = plism_metrics.summarise(table)
     score = plism_metrics.leaderboard_score(summary)
-    write_csv(out_dir / "pairs.csv", table)
-    write_csv(out_dir / "summary.csv", summary)
-    record = dict(run_record or {})
-    record.update(
-        leaderboard_score=None if math.isnan(score) else score,
-        config_key=key,
-        settings=dict(settings),
-        n_pairs=len(table),
-        complete=True,
-    )
-    write_json(out_dir / "run.json", record)
-    partial.unlink(missing_ok=True)
     return PlismResult(table, summary, score, out_dir)
 
 
@@ -367,30 +461,18 @@ def _pairs_frame(rows: Sequence[Mapping[str, Any]], pairs: Sequence[tuple[str, s
     return pd.DataFrame(ordered, columns=list(PAIR_COLUMNS))
 
 
-def _reusable_rows(out_dir: Path, key: str, pairs: Sequence[tuple[str, str]]) -> dict[tuple[str, str], dict]:
-    """Rows an earlier run with the same config key left behind; stale state is removed.
+def _reusable_rows(out_dir: Path, key: str, pairs: Sequence[tuple[str, str]],
+                   previous: Mapping[str, Any] | None) -> dict[tuple[str, str], dict]:
+    """Rows an earlier run with the same config key left behind; stale progress is removed.
 
-    A complete run (``run.json`` with this key) gives its ``pairs.csv``; an interrupted one
-    its partial file. Partial files of other keys are deleted, and a ``run.json`` of another
-    key is removed before any new result is written, so the folder never pairs new rows
-    with an old record.
+    A complete earlier run (``previous`` with this key) gives its ``pairs.csv``; an
+    interrupted one its partial file. Partial files of other keys are deleted.
     """
     wanted = set(pairs)
-    run_json = out_dir / "run.json"
     source: Path | None = None
-    if run_json.is_file():
-        try:
-            previous = read_json(run_json)
-        except (OSError, ValueError):
-            previous = {}
-        if (
-            previous.get("config_key") == key
-            and previous.get("complete")
-            and (out_dir / "pairs.csv").is_file()
-        ):
-            source = out_dir / "pairs.csv"
-        else:
-            run_json.unlink()
+    if (previous and previous.get("config_key") == key and previous.get("complete")
+            and (out_dir / "pairs.csv").is_file()):
+        source = out_dir / "pairs.csv"
     for stale in out_dir.glob(".pairs-partial-*.csv"):
         if stale.name != f".pairs-partial-{key[:16]}.csv":
             stale.unlink()
@@ -400,7 +482,7 @@ def _reusable_rows(out_dir: Path, key: str, pairs: Sequence[tuple[str, str]]) ->
     if source is None:
         return {}
     try:
-        frame = pd.read_csv(source)
+        frame = read_csv_exact(source)
     except (OSError, ValueError, pd.errors.ParserError):
         return {}
     if list(frame.columns) != list(PAIR_COLUMNS):
