@@ -7,8 +7,13 @@ generator seeded with ``seed + r``) over an in-memory ``TensorDataset``, validat
 every complete epoch, early stopping, best checkpoint kept. Same data, same process, same
 device. The script prints both times, their ratio, and how far the two results are apart.
 
+``--optimiser-only`` times one ``torch.optim.AdamW`` step on the probe's ``(R, C, D + 1)``
+stack in each of torch's three implementations (single-tensor, foreach, fused), which is
+how the probe's choice (fused on CPU and CUDA) was made.
+
     .venv/bin/python benchmarks/eva_linear_probe.py                  # CRC-like: 20,000 x 768, 9 classes
     .venv/bin/python benchmarks/eva_linear_probe.py --n-train 100000 --dim 1536 --device cuda
+    .venv/bin/python benchmarks/eva_linear_probe.py --optimiser-only --threads 1
 """
 
 from __future__ import annotations
@@ -74,6 +79,32 @@ def sequential_run(x, y, vx, vy, classes: int, protocol: ProbeProtocol, seed: in
     return best, best_step, best_state["weight"].cpu(), best_state["bias"].cpu()
 
 
+def time_optimiser_steps(runs: int, classes: int, dim: int, device: torch.device, steps: int = 2000,
+                         repeats: int = 3) -> dict[str, float]:
+    """Best-of-``repeats`` microseconds per AdamW step on an ``(R, C, D + 1)`` stack, per implementation."""
+    shape = (runs, 1 if classes == 2 else classes, dim + 1)
+    generator = torch.Generator().manual_seed(0)
+    grads = [torch.randn(shape, generator=generator).to(device) for _ in range(16)]
+    timings = {}
+    for name, options in (("single-tensor", {"foreach": False}), ("foreach", {"foreach": True}),
+                          ("fused", {"fused": True})):
+        param = torch.randn(shape, generator=generator).to(device)
+        optimiser = torch.optim.AdamW([param], lr=3e-4, **options)
+        best = float("inf")
+        for _ in range(repeats):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            for step in range(steps):
+                param.grad = grads[step % len(grads)]
+                optimiser.step()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            best = min(best, (time.perf_counter() - start) / steps * 1e6)
+        timings[name] = best
+    return timings
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n-train", type=int, default=20_000)
@@ -85,10 +116,19 @@ def main() -> None:
     parser.add_argument("--patience", type=int, default=7)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads for both (default: torch's)")
+    parser.add_argument("--optimiser-only", action="store_true",
+                        help="time one AdamW step per torch implementation and exit")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    if args.optimiser_only:
+        timings = time_optimiser_steps(args.runs, args.classes, args.dim, device)
+        print(f"AdamW step on a ({args.runs}, {1 if args.classes == 2 else args.classes}, {args.dim + 1}) stack, "
+              f"device {device}, torch threads {torch.get_num_threads()}:")
+        for name, micros in timings.items():
+            print(f"  {name:14s} {micros:8.1f} us/step")
+        return
     x, y = make_embeddings(args.n_train, args.dim, args.classes, seed=1)
     vx, vy = make_embeddings(args.n_val, args.dim, args.classes, seed=2)
     protocol = ProbeProtocol(runs=args.runs, max_steps=args.max_steps, patience=args.patience)

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from pathbench.data.base import ArrayTileDataset, TileDataset
+from pathbench.data.images import decode_image
 from pathbench.extractors import load_extractor, pool_tokens
 from pathbench.features import extract_features
 
@@ -39,9 +40,7 @@ class PngDataset(TileDataset):
         self.fingerprint = f"bench-png-{len(images)}"
 
     def load(self, index: int) -> np.ndarray:
-        from PIL import Image
-
-        return np.asarray(Image.open(io.BytesIO(self.blobs[index])).convert("RGB"))
+        return decode_image(self.blobs[index], f"tile {index}")
 
 
 def bare_forward(extractor, images: np.ndarray, batch_size: int) -> float:

@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import logging
-from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -25,47 +23,21 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_in
 
 from distill.augment import MultiCrop, sample_rng
 from distill.config import DataConfig
-from pathbench.data.base import (
-    IMAGE_SUFFIXES,
-    ArrayTileDataset,
-    ImageFolderDataset,
-    TileDataset,
-    as_rgb_uint8,
-)
+from pathbench.data.base import IMAGE_SUFFIXES, ArrayTileDataset, ImageFolderDataset, TileDataset
+from pathbench.data.images import decode_image
+from pathbench.data.parquet import RowGroupReader, parquet_file_identity
 from pathbench.errors import DataError
 
 logger = logging.getLogger("distill")
-
-
-def decode_image(value: Any, where: str) -> np.ndarray:
-    """An image cell (encoded bytes, ``{"bytes": ...}`` as written by ``datasets``, a PIL image or
-    an array) -> ``(H, W, 3)`` uint8 RGB."""
-    from PIL import Image
-
-    if isinstance(value, dict):
-        if value.get("bytes") is not None:
-            value = value["bytes"]
-        elif value.get("path"):
-            value = Path(value["path"]).read_bytes()
-        else:
-            raise DataError(f"{where}: image cell has neither bytes nor a path.")
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        try:
-            with Image.open(io.BytesIO(bytes(value))) as image:
-                return as_rgb_uint8(np.asarray(image.convert("RGB")), where)
-        except OSError as exc:
-            raise DataError(f"{where}: cannot decode image bytes ({exc}).") from exc
-    if isinstance(value, Image.Image):
-        return as_rgb_uint8(np.asarray(value.convert("RGB")), where)
-    return as_rgb_uint8(np.asarray(value), where)
 
 
 class ParquetImageDataset(TileDataset):
     """Images stored in one or more parquet files (one image per row, encoded bytes).
 
     ``column`` holds either binary image files or ``{"bytes", "path"}`` structs (the Hugging Face
-    ``Image`` feature's on-disk format). Rows are read one row group at a time; each process
-    keeps the few most recent row groups in memory.
+    ``Image`` feature's on-disk format). Rows are read one row group at a time
+    (:class:`pathbench.data.parquet.RowGroupReader`); each process keeps the few most recent
+    row groups in memory.
     """
 
     def __init__(self, source: str | Path, column: str = "image", cache_groups: int = 4):
@@ -77,7 +49,7 @@ class ParquetImageDataset(TileDataset):
             raise DataError(f"no parquet files found at {source}; expected a .parquet file or a folder of shards.")
         self.files = files
         self.column = column
-        self.cache_groups = cache_groups
+        self._reader = RowGroupReader(column, cache_groups)
         self._groups: list[tuple[int, int, int]] = []  # (file index, row group, first row)
         starts = []
         total = 0
@@ -91,29 +63,20 @@ class ParquetImageDataset(TileDataset):
                 self._groups.append((fi, g, total))
                 starts.append(total)
                 total += meta.row_group(g).num_rows
-            stat = path.stat()
-            digest.update(f"{path.name}|{stat.st_size}|{stat.st_mtime_ns}\0".encode())
+            identity = parquet_file_identity(path)
+            digest.update(f"{path.name}|{identity['size']}|{identity['mtime_ns']}|{identity['footer']}\0".encode())
         self._starts = np.asarray(starts, dtype=np.int64)
         self._n = total
         self.item_ids = [str(i) for i in range(total)]
         self.fingerprint = "parquet:" + digest.hexdigest()
-        self._cache: OrderedDict[int, list] = OrderedDict()
 
     def __len__(self) -> int:
         return self._n
 
     def load(self, index: int) -> np.ndarray:
-        import pyarrow.parquet as pq
-
         gi = int(np.searchsorted(self._starts, index, side="right") - 1)
-        if gi not in self._cache:
-            fi, g, _ = self._groups[gi]
-            table = pq.ParquetFile(self.files[fi]).read_row_group(g, columns=[self.column])
-            self._cache[gi] = table.column(self.column).to_pylist()
-            while len(self._cache) > self.cache_groups:
-                self._cache.popitem(last=False)
-        cell = self._cache[gi][index - self._groups[gi][2]]
-        return decode_image(cell, self.describe(index))
+        fi, g, first = self._groups[gi]
+        return decode_image(self._reader.cell(self.files[fi], g, index - first), self.describe(index))
 
     def describe(self, index: int) -> str:
         gi = int(np.searchsorted(self._starts, index, side="right") - 1)

@@ -43,6 +43,12 @@ _BLOCK_VALUES = 1 << 24
 _SLICE_VALUES = 1 << 20
 
 
+FAISS_INSTALL_HINT = (
+    "install pathbench's FAISS extra for this machine: pip install 'pathbench[cpu]' (faiss-cpu), or "
+    "'pathbench[gpu]' (faiss-gpu-cu12) on a CUDA 12 machine; never both, they write the same faiss package"
+)
+
+
 def faiss_available() -> bool:
     """Whether the ``faiss`` module can be imported."""
     try:
@@ -52,12 +58,27 @@ def faiss_available() -> bool:
     return True
 
 
+def import_faiss() -> Any:
+    """The ``faiss`` module, or a :class:`PathbenchError` that names the extra to install."""
+    try:
+        import faiss
+    except ImportError as err:
+        raise PathbenchError(f"FAISS is not installed: {FAISS_INSTALL_HINT}.") from err
+    return faiss
+
+
+def installed_faiss_distributions() -> list[str]:
+    """Names of the installed distributions that provide the ``faiss`` package (normally one)."""
+    from importlib.metadata import packages_distributions
+
+    return sorted(set(packages_distributions().get("faiss", [])))
+
+
 def faiss_gpu_available() -> bool:
     """Whether faiss was built with GPU support and sees at least one GPU."""
     if not faiss_available():
         return False
-    import faiss
-
+    faiss = import_faiss()
     return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
 
 
@@ -93,8 +114,8 @@ def resolve_backend(backend: str = "auto", device: str | torch.device = "cpu") -
         return "torch"
     if backend not in BACKENDS:
         raise PathbenchError(f"unknown retrieval backend {backend!r}: expected one of auto, {', '.join(BACKENDS)}.")
-    if backend == "faiss" and not faiss_available():
-        raise PathbenchError("retrieval backend 'faiss' needs the faiss package: pip install faiss-cpu (or faiss-gpu).")
+    if backend == "faiss":
+        import_faiss()
     return backend
 
 
@@ -263,14 +284,15 @@ _GPU_RESOURCES: dict[int, Any] = {}
 
 
 def _faiss_index(database: np.ndarray, device: torch.device) -> Any:
-    import faiss
-
+    faiss = import_faiss()
     dim = database.shape[1]
     if device.type == "cuda":
         if not faiss_gpu_available():
+            installed = installed_faiss_distributions()
             raise PathbenchError(
-                "backend 'faiss' on a GPU needs a faiss build with GPU support (pip install faiss-gpu-cu12); "
-                "use backend 'torch' or device 'cpu'."
+                f"backend 'faiss' on a GPU needs a faiss build with GPU support; installed: "
+                f"{', '.join(installed) or 'none'}. Use backend 'torch' or device 'cpu', or {FAISS_INSTALL_HINT}"
+                + (" (uninstall the others first)." if len(installed) > 1 else ".")
             )
         gpu = device.index or 0
         if gpu not in _GPU_RESOURCES:  # must outlive every index built on it

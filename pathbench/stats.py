@@ -1,14 +1,11 @@
 """Paired statistics for leaderboards: Wilcoxon signed-rank, Holm correction, bootstrap CIs.
 
-Everything here is plain numpy (the normal tail uses :func:`math.erfc`), written so that
-each number can be checked by hand:
-
-- :func:`wilcoxon_signed_rank` follows scipy's defaults (``zero_method="wilcox"``,
-  no continuity correction, two-sided, ``method="auto"``) and returns the same statistic
-  and p-value as ``scipy.stats.wilcoxon``: the exact null distribution when there are at
-  most 50 differences and neither ties nor zeros, an exhaustive sign-flip distribution
-  when ties or zeros are present and there are at most 13 differences (zeros included), and the normal
-  approximation with tie correction otherwise.
+- :func:`wilcoxon_signed_rank` runs ``scipy.stats.wilcoxon`` with scipy's defaults
+  (``zero_method="wilcox"``, no continuity correction, two-sided) and the method that
+  scipy's ``method="auto"`` would pick, named explicitly so the result can say which one ran:
+  the exact null distribution when there are at most 50 differences and neither ties nor
+  zeros, exhaustive sign flips when ties or zeros are present and there are at most 13
+  differences (zeros included), and the normal approximation with tie correction otherwise.
 - :func:`holm` is the Holm (1979) step-down adjustment.
 - :func:`bootstrap_ci` and :func:`paired_bootstrap` are percentile bootstraps with a
   seeded generator, so a leaderboard is reproducible.
@@ -17,16 +14,16 @@ each number can be checked by hand:
 from __future__ import annotations
 
 import hashlib
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.stats
 
 from pathbench.errors import PathbenchError
 
 EXACT_MAX_N = 50
-PERMUTATION_MAX_N = 13
+PERMUTATION_MAX_N = 13  # 2**13 sign flips < scipy's 9999 resamples: the permutation test is exhaustive
 
 
 @dataclass(frozen=True)
@@ -46,41 +43,6 @@ class WilcoxonResult:
     method: str
 
 
-def rankdata_average(values: np.ndarray) -> np.ndarray:
-    """Ranks 1..n of ``values`` (1-D), ties sharing the average of their ranks.
-
-    Returns:
-        (n,) float64 ranks.
-    """
-    values = np.asarray(values, dtype=np.float64)
-    order = np.argsort(values, kind="mergesort")
-    sorted_values = values[order]
-    ranks = np.empty(len(values), dtype=np.float64)
-    start = 0
-    n = len(values)
-    while start < n:
-        stop = start + 1
-        while stop < n and sorted_values[stop] == sorted_values[start]:
-            stop += 1
-        ranks[order[start:stop]] = (start + 1 + stop) / 2.0  # mean of ranks start+1..stop
-        start = stop
-    return ranks
-
-
-def _signed_rank_null_counts(doubled_ranks: np.ndarray) -> np.ndarray:
-    """Number of sign assignments giving each value of 2*T+ (doubled to stay integral).
-
-    ``counts[s]`` is the number of subsets of the ranks whose doubled sum is ``s``; under
-    the null every one of the 2**n sign assignments is equally likely.
-    """
-    total = int(doubled_ranks.sum())
-    counts = np.zeros(total + 1, dtype=np.float64)
-    counts[0] = 1.0
-    for r in doubled_ranks.astype(np.int64):
-        counts[r:] = counts[r:] + counts[: total + 1 - r].copy()
-    return counts
-
-
 def wilcoxon_signed_rank(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray | None = None) -> WilcoxonResult:
     """Two-sided Wilcoxon signed-rank test of ``x - y`` (or of ``x`` when ``y`` is None).
 
@@ -96,37 +58,21 @@ def wilcoxon_signed_rank(x: Sequence[float] | np.ndarray, y: Sequence[float] | n
     if d.ndim != 1:
         raise PathbenchError(f"wilcoxon_signed_rank expects 1-D paired values, got shape {d.shape}.")
     d = d[np.isfinite(d)]
-    had_zeros = bool(np.any(d == 0))
-    n_with_zeros = len(d)  # scipy picks the method before dropping zeros
-    d = d[d != 0]
-    n = len(d)
+    nonzero = np.abs(d[d != 0])
+    n = len(nonzero)
     if n == 0:
         return WilcoxonResult(statistic=float("nan"), pvalue=1.0, n=0, method="none")
-    ranks = rankdata_average(np.abs(d))
-    r_plus = float(ranks[d > 0].sum())
-    r_minus = float(ranks[d < 0].sum())
-    statistic = min(r_plus, r_minus)
-    has_ties = len(np.unique(np.abs(d))) < n
-
-    if (n <= EXACT_MAX_N and not has_ties and not had_zeros) or n_with_zeros <= PERMUTATION_MAX_N:
-        method = "exact" if not (has_ties or had_zeros) else "permutation"
-        doubled = np.rint(2 * ranks).astype(np.int64)
-        counts = _signed_rank_null_counts(doubled)
-        observed = int(round(2 * r_plus))
-        total = counts.sum()
-        less_equal = counts[: observed + 1].sum() / total
-        greater_equal = counts[observed:].sum() / total
-        pvalue = min(1.0, 2.0 * min(less_equal, greater_equal))
-        return WilcoxonResult(statistic=statistic, pvalue=float(pvalue), n=n, method=method)
-
-    mean = n * (n + 1) / 4.0
-    _, tie_counts = np.unique(np.abs(d), return_counts=True)
-    variance = n * (n + 1) * (2 * n + 1) / 24.0 - float(np.sum(tie_counts**3 - tie_counts)) / 48.0
-    if variance <= 0:
-        return WilcoxonResult(statistic=statistic, pvalue=1.0, n=n, method="asymptotic")
-    z = (r_plus - mean) / math.sqrt(variance)
-    pvalue = math.erfc(abs(z) / math.sqrt(2.0))
-    return WilcoxonResult(statistic=statistic, pvalue=float(min(1.0, pvalue)), n=n, method="asymptotic")
+    has_ties_or_zeros = len(np.unique(nonzero)) < n or n < len(d)
+    # scipy's "auto" rule; it counts zeros in n because it decides before dropping them
+    if not has_ties_or_zeros and n <= EXACT_MAX_N:
+        method, scipy_method = "exact", "exact"
+    elif has_ties_or_zeros and len(d) <= PERMUTATION_MAX_N:
+        method, scipy_method = "permutation", scipy.stats.PermutationMethod()
+    else:
+        method, scipy_method = "asymptotic", "asymptotic"
+    result = scipy.stats.wilcoxon(d, method=scipy_method)
+    return WilcoxonResult(statistic=float(result.statistic), pvalue=float(min(1.0, result.pvalue)), n=n,
+                          method=method)
 
 
 def holm(pvalues: Sequence[float] | np.ndarray) -> np.ndarray:

@@ -12,12 +12,12 @@ from pathbench.heads import (
     BatchedEarlyStopping,
     LinearProbe,
     ProbeProtocol,
-    adamw_step_,
     epoch_learning_rate,
     epoch_permutation,
     init_linear,
     macro_accuracy,
     macro_accuracy_batched,
+    protocol_adamw,
     summarise_runs,
 )
 
@@ -48,50 +48,84 @@ def test_learning_rate_is_a_third_for_five_epochs_then_full_exactly_as_torch_con
     assert epoch_learning_rate(protocol, 1000) == pytest.approx(3e-4)
 
 
-def test_probe_uses_the_reduced_rate_in_the_first_five_epochs_only():
+def test_probe_steps_torch_adamw_at_the_reduced_rate_in_the_first_five_epochs_only(monkeypatch):
     # One item, batch 1: each epoch is one step, so step s runs in epoch s - 1.
     protocol = ProbeProtocol(runs=1, patience=100, max_steps=8, batch_size=1)
     seen = []
-    import pathbench.heads.linear as heads
+    original = torch.optim.AdamW.step
 
-    original = heads.adamw_step_
+    def spy(self, *args, **kwargs):
+        result = original(self, *args, **kwargs)
+        group = self.param_groups[0]
+        state = self.state[group["params"][0]]
+        seen.append((int(state["step"]), group["lr"], group["weight_decay"], group["betas"], group["eps"]))
+        return result
 
-    def spy(param, grad, exp_avg, exp_avg_sq, step, lr, p):
-        seen.append((step, lr))
-        original(param, grad, exp_avg, exp_avg_sq, step, lr, p)
-
-    heads.adamw_step_ = spy
-    try:
-        LinearProbe(3, protocol, device="cpu").fit(np.ones((1, 4)), [1], np.ones((1, 4)), [1])
-    finally:
-        heads.adamw_step_ = original
-    assert [s for s, _ in seen] == list(range(1, 9))
-    assert [lr for _, lr in seen] == [epoch_learning_rate(protocol, e) for e in range(8)]
+    monkeypatch.setattr(torch.optim.AdamW, "step", spy)
+    LinearProbe(3, protocol, device="cpu").fit(np.ones((1, 4)), [1], np.ones((1, 4)), [1])
+    assert [s[0] for s in seen] == list(range(1, 9))
+    assert [s[1] for s in seen] == [epoch_learning_rate(protocol, e) for e in range(8)]
     assert seen[4][1] < seen[5][1]
+    assert {s[2:] for s in seen} == {(protocol.weight_decay, protocol.betas, protocol.eps)}
 
 
-def test_adamw_update_is_bitwise_torch_adamw():
+def test_protocol_adamw_on_a_stack_updates_each_run_as_if_it_were_alone():
     torch.manual_seed(0)
-    param = torch.randn(3, 4, 5)
-    reference = torch.nn.Parameter(param.clone())
-    optimiser = torch.optim.AdamW([reference], lr=3e-4, foreach=False)
-    exp_avg, exp_avg_sq = torch.zeros_like(param), torch.zeros_like(param)
-    protocol = ProbeProtocol()
-    for step in range(1, 30):
+    stack = torch.randn(3, 4, 5)
+    alone = [stack[r : r + 1].clone() for r in range(3)]
+    optimiser = protocol_adamw(stack, ProbeProtocol())
+    optimisers = [protocol_adamw(a, ProbeProtocol()) for a in alone]
+    for _ in range(30):
         grad = torch.randn(3, 4, 5)
-        reference.grad = grad.clone()
+        stack.grad = grad
         optimiser.step()
-        adamw_step_(param, grad, exp_avg, exp_avg_sq, step, 3e-4, protocol)
-        assert torch.equal(param, reference.detach())
+        for r in range(3):
+            alone[r].grad = grad[r : r + 1].clone()
+            optimisers[r].step()
+    for r in range(3):
+        assert torch.allclose(stack[r : r + 1], alone[r], atol=1e-7, rtol=0)
 
 
-def test_epoch_permutation_is_what_a_shuffling_dataloader_with_the_same_generator_yields():
-    data = torch.utils.data.TensorDataset(torch.arange(23))
-    loader = torch.utils.data.DataLoader(data, batch_size=5, shuffle=True, generator=torch.Generator().manual_seed(7))
+def test_runs_that_stop_take_their_optimiser_state_with_them():
+    from pathbench.heads.linear import _keep_runs
+
+    protocol = ProbeProtocol()
+    torch.manual_seed(1)
+    stack = torch.randn(4, 2, 3)
+    optimiser = protocol_adamw(stack, protocol)
+    grads = torch.randn(6, 4, 2, 3)
+    for g in grads[:3]:
+        stack.grad = g
+        optimiser.step()
+    optimiser.param_groups[0]["lr"] = 1e-3
+    keep = torch.tensor([0, 2])
+    reference = stack[keep].clone()
+    reference_optimiser = torch.optim.AdamW([reference], lr=1e-3, foreach=False)
+    for key in ("exp_avg", "exp_avg_sq"):
+        reference_optimiser.state[reference][key] = optimiser.state[stack][key][keep].clone()
+    reference_optimiser.state[reference]["step"] = optimiser.state[stack]["step"].clone()
+    optimiser, kept = _keep_runs(optimiser, stack, keep, protocol)
+    assert optimiser.param_groups[0]["lr"] == 1e-3 and int(optimiser.state[kept]["step"]) == 3
+    for g in grads[3:]:
+        kept.grad, reference.grad = g[keep], g[keep].clone()
+        optimiser.step()
+        reference_optimiser.step()
+    assert torch.allclose(kept, reference, atol=1e-7, rtol=0)
+
+
+@pytest.mark.parametrize(("n", "batch_size"), [(23, 5), (1, 256), (300, 256), (512, 256)])
+def test_epoch_permutation_is_what_the_installed_torch_dataloader_draws(n, batch_size):
+    # If a torch release changes how many numbers a DataLoader iterator or RandomSampler draws
+    # from its generator, this breaks (the orders, or the generator states after an epoch, differ).
+    loader_generator = torch.Generator().manual_seed(7)
+    data = torch.utils.data.TensorDataset(torch.arange(n))
+    loader = torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=True, generator=loader_generator)
+    assert isinstance(loader.sampler, torch.utils.data.RandomSampler)
     mine = torch.Generator().manual_seed(7)
     for _ in range(3):
         order = torch.cat([batch for (batch,) in loader])
-        assert torch.equal(order, epoch_permutation(mine, 23))
+        assert torch.equal(order, epoch_permutation(mine, n))
+        assert torch.equal(mine.get_state(), loader_generator.get_state())
 
 
 def test_initial_head_is_torch_linear_after_manual_seed():

@@ -11,6 +11,7 @@ import h5py
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from scipy.stats import pearsonr
 from sklearn.decomposition import PCA
 from sklearn.linear_model import Ridge
@@ -116,8 +117,8 @@ def reference_fold(root, task, fold, features, seed=1, pca=True):
     if pca:
         n_components = min(256, *x_train.shape)
         pipe = Pipeline([("scaler", StandardScaler()), ("PCA", PCA(n_components=n_components, random_state=seed))])
-        x_train = pipe.fit_transform(x_train).astype(np.float32)
-        x_test = pipe.transform(x_test).astype(np.float32)
+        # HEST's benchmark.py hands the PCA output to its trainer as torch tensors
+        x_train, x_test = torch.Tensor(pipe.fit_transform(x_train)), torch.Tensor(pipe.transform(x_test))
     alpha = 100 / (x_train.shape[1] * y_train.shape[1])
     reg = Ridge(solver="lsqr", alpha=alpha, random_state=seed, fit_intercept=False, max_iter=1000)
     preds = reg.fit(x_train, y_train).predict(x_test)
@@ -131,11 +132,11 @@ def test_every_fold_matches_an_independent_sklearn_pipeline(synthetic_root, head
     assert len(result.folds) == 5
     for row in result.folds.itertuples():
         mean, per_gene, genes = reference_fold(synthetic_root, row.task, row.fold, _pixels, pca=head == "ridge-pca")
-        assert row.pearson_mean == pytest.approx(mean, abs=1e-6)
+        assert row.pearson_mean == pytest.approx(mean, abs=1e-12)
         assert row.n_genes == 50
         ours = result.genes[(result.genes.task == row.task) & (result.genes.fold == row.fold)]
         assert ours.gene.tolist() == genes
-        np.testing.assert_allclose(ours.pearson.to_numpy(), per_gene, atol=1e-6)
+        np.testing.assert_allclose(ours.pearson.to_numpy(), per_gene, atol=1e-12)
     for task in TASKS:
         means = result.folds.loc[result.folds.task == task, "pearson_mean"].to_numpy()
         row = result.summary.set_index("task").loc[task]
@@ -153,10 +154,38 @@ def test_pca_head_with_256_components_matches_the_reference_pipeline():
     head = RidgePCAHead(seed=1).fit(x[:300], y[:300])
     assert head.n_components_ == 256 and head.alpha_ == pytest.approx(100 / (256 * 50))
     pipe = Pipeline([("scaler", StandardScaler()), ("PCA", PCA(n_components=256, random_state=1))])
-    z_train = pipe.fit_transform(x[:300]).astype(np.float32)
+    z_train = torch.Tensor(pipe.fit_transform(x[:300]))
     reg = Ridge(solver="lsqr", alpha=100 / (256 * 50), random_state=1, fit_intercept=False, max_iter=1000)
-    reference = reg.fit(z_train, y[:300]).predict(pipe.transform(x[300:]).astype(np.float32))
-    np.testing.assert_allclose(head.predict(x[300:]), reference, atol=1e-6)
+    reference = reg.fit(z_train, y[:300]).predict(torch.Tensor(pipe.transform(x[300:])))
+    np.testing.assert_allclose(head.predict(x[300:]), reference, rtol=0, atol=1e-12)
+
+
+def test_ridge_runs_in_float64_on_float32_pca_output_as_hest_trainer_does():
+    # HEST-like task: low-rank 512-d embeddings with a shift per sample (slide), Poisson counts.
+    rng = np.random.default_rng(11)
+    n_per_sample, n_samples = 150, 4
+    latent = rng.normal(size=(n_per_sample * n_samples, 12))
+    sample = np.repeat(np.arange(n_samples), n_per_sample)
+    shifts = rng.normal(scale=3.0, size=(n_samples, 512))
+    x = (latent @ rng.normal(size=(12, 512)) + shifts[sample] + 0.3 * rng.normal(size=(len(sample), 512)))
+    x = x.astype(np.float32)
+    y = np.log1p(rng.poisson(np.exp(0.5 + 0.3 * latent @ rng.normal(size=(12, 50)))))
+    train, test = sample < 3, sample == 3
+
+    # HEST: Pipeline -> torch.Tensor -> trainer.train_test_reg's Ridge, which reads float64
+    pipe = Pipeline([("scaler", StandardScaler()), ("PCA", PCA(n_components=256, random_state=1))])
+    x_train, x_test = torch.Tensor(pipe.fit_transform(x[train])), torch.Tensor(pipe.transform(x[test]))
+    reg = Ridge(solver="lsqr", alpha=100 / (x_train.shape[1] * y.shape[1]), random_state=1, fit_intercept=False,
+                max_iter=1000).fit(x_train, y[train])
+    assert reg.coef_.dtype == np.float64
+    hest_r = pearson_per_gene(y[test], reg.predict(x_test)).r
+
+    ours = pearson_per_gene(y[test], RidgePCAHead(seed=1).fit(x[train], y[train]).predict(x[test])).r
+    np.testing.assert_allclose(ours, hest_r, rtol=0, atol=1e-12)
+    # a float32 ridge on the same inputs is measurably off, so the check above can tell them apart
+    reg32 = Ridge(solver="lsqr", alpha=reg.alpha, random_state=1, fit_intercept=False, max_iter=1000)
+    r32 = pearson_per_gene(y[test], reg32.fit(x_train.numpy(), y[train]).predict(x_test.numpy())).r
+    assert np.max(np.abs(r32 - hest_r)) > 1e-5
 
 
 def test_raw_ridge_head_uses_the_embedding_dimension_in_alpha():
@@ -258,9 +287,9 @@ def test_patches_in_shuffled_order_still_align_with_the_expression(synthetic_roo
     after = evaluate_hest(load_tasks(data_copy), pixel_features)
     for row in after.folds.itertuples():
         mean, _, _ = reference_fold(data_copy, row.task, row.fold, _pixels)
-        assert row.pearson_mean == pytest.approx(mean, abs=1e-6)
-    # the same spots with the same targets: only float32 rounding (amplified by lsqr's
-    # stopping rule) differs; a misalignment would change the scores completely
+        assert row.pearson_mean == pytest.approx(mean, abs=1e-12)
+    # the same spots with the same targets: only rounding (the PCA output is float32, and
+    # lsqr's stopping rule amplifies it) differs; a misalignment would change the scores completely
     np.testing.assert_allclose(after.folds.pearson_mean, before.folds.pearson_mean, atol=2e-3)
 
 

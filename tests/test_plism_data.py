@@ -157,6 +157,68 @@ def test_an_undecodable_tile_is_a_clear_error(tmp_path, slide_tiles):
         dataset[bad]
 
 
+def _rewrite_png_column(shard: Path, change) -> None:
+    table = pq.read_table(shard)
+    cells = change(table.column("png").to_pylist())
+    table = table.set_column(table.schema.get_field_index("png"), "png", pa.array(cells, pa.binary()))
+    pq.write_table(table, shard, row_group_size=4, compression="none")
+
+
+def test_a_changed_tile_is_not_served_from_the_old_feature_cache(tmp_path, slide_tiles, tiny_extractor):
+    from pathbench.features import extract_features
+
+    write_hub_parquet(tmp_path, {SLIDES[0]: slide_tiles[SLIDES[0]]}, struct_png=False, shards=1)
+    shard = next((tmp_path / "data").glob("*.parquet"))
+    _rewrite_png_column(shard, lambda cells: cells)  # the layout the rewrite below produces
+    before = plism.open_parquet_folder(tmp_path)[SLIDES[0]]
+    cached = extract_features(tiny_extractor, before, pooling="cls", cache_dir=tmp_path / "cache", progress=False)
+    size = shard.stat().st_size
+
+    def swap_first_two(cells):  # same bytes, same file size, same row-group sizes and statistics
+        cells[0], cells[1] = cells[1], cells[0]
+        return cells
+
+    _rewrite_png_column(shard, swap_first_two)
+    assert shard.stat().st_size == size
+    after = plism.open_parquet_folder(tmp_path)[SLIDES[0]]
+    assert after.fingerprint != before.fingerprint
+    fresh = extract_features(tiny_extractor, after, pooling="cls", cache_dir=tmp_path / "cache", progress=False)
+    assert fresh.key != cached.key
+    first, second = after.item_ids.index(TILE_IDS[0]), after.item_ids.index(TILE_IDS[1])
+    np.testing.assert_allclose(fresh.array[first], cached.array[second], atol=1e-6)
+    np.testing.assert_allclose(fresh.array[second], cached.array[first], atol=1e-6)
+
+
+def test_a_changed_tile_changes_the_fingerprint_even_when_the_file_time_is_kept(tmp_path, slide_tiles):
+    import os
+
+    write_hub_parquet(tmp_path, {SLIDES[0]: slide_tiles[SLIDES[0]]}, struct_png=False, shards=1)
+    shard = next((tmp_path / "data").glob("*.parquet"))
+    before = plism.open_parquet_folder(tmp_path)[SLIDES[0]].fingerprint
+    stat = shard.stat()
+
+    def blank_first(cells):  # a flat tile compresses to fewer bytes: the row group's size changes
+        cells[0] = png_bytes(np.full((16, 16, 3), 200, dtype=np.uint8))
+        return cells
+
+    _rewrite_png_column(shard, blank_first)
+    os.utime(shard, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert plism.open_parquet_folder(tmp_path)[SLIDES[0]].fingerprint != before
+
+
+def test_a_16_bit_png_tile_is_read_as_its_8_bit_values(tmp_path, slide_tiles):
+    write_hub_parquet(tmp_path, {SLIDES[0]: slide_tiles[SLIDES[0]]}, struct_png=True, shards=1)
+    shard = next((tmp_path / "data").glob("*.parquet"))
+    ramp = np.tile(np.arange(0, 65536, 4096, dtype=np.uint16), (16, 1))
+    table = pq.read_table(shard)
+    cells = table.column("png").to_pylist()
+    cells[0] = {"bytes": png_bytes(ramp), "path": None}
+    pq.write_table(table.set_column(table.schema.get_field_index("png"), "png", pa.array(cells, PNG_STRUCT)), shard)
+    dataset = plism.open_parquet_folder(tmp_path)[SLIDES[0]]
+    tile = dataset[dataset.item_ids.index(TILE_IDS[0])]
+    np.testing.assert_array_equal(tile[:, :, 0], (ramp.astype(np.int64) * 255 + 32767) // 65535)
+
+
 def test_an_unreadable_h5_tile_is_a_clear_error(tmp_path, slide_tiles):
     write_h5(tmp_path, {SLIDES[0]: slide_tiles[SLIDES[0]]})
     dataset = plism.open_h5_folder(tmp_path)[SLIDES[0]]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -151,3 +153,12 @@ def test_backend_and_device_errors_are_clear():
             retrieval.resolve_device("cuda")
     with pytest.raises(PathbenchError, match="dimension"):
         retrieval.topk(np.zeros((2, 3), np.float32), np.zeros((2, 4), np.float32), 1)
+
+
+def test_a_missing_faiss_is_an_error_that_names_the_extra_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "faiss", None)  # makes `import faiss` fail
+    assert not retrieval.faiss_available()
+    for call in (lambda: retrieval.resolve_backend("faiss"), retrieval.import_faiss):
+        with pytest.raises(PathbenchError, match=r"pip install 'pathbench\[cpu\]'.*'pathbench\[gpu\]'"):
+            call()
+    assert retrieval.resolve_backend("auto") == "torch"  # the default never needs FAISS

@@ -5,7 +5,9 @@ HEST-Benchmark's default (``bench_config.yaml`` with ``dimreduce: PCA``):
 
 1. ``StandardScaler`` then ``PCA(n_components=256, random_state=seed)``, both fit on the
    training spots of the fold only (no whitening); training spots are transformed with
-   ``fit_transform`` and test spots with ``transform``, and both are cast to float32;
+   ``fit_transform`` and test spots with ``transform``; HEST wraps the result in
+   ``torch.Tensor`` (float32), which scikit-learn then converts to float64, so the PCA
+   output is rounded to float32 and the ridge runs in float64;
 2. ``Ridge(solver="lsqr", alpha=100 / (n_features * n_targets), fit_intercept=False,
    max_iter=1000, random_state=seed)`` where ``n_features`` is counted after PCA;
 3. Pearson r per gene over all test spots of the fold pooled, then the mean over genes.
@@ -68,8 +70,17 @@ def _hest_ridge(alpha: float, seed: int, max_iter: int) -> Ridge:
     return Ridge(solver="lsqr", alpha=alpha, fit_intercept=False, max_iter=max_iter, random_state=seed)
 
 
+def _hest_pca_output(z: np.ndarray) -> np.ndarray:
+    """PCA output as HEST's ridge sees it: ``torch.Tensor(z)`` (float32) read back by
+    scikit-learn as float64. Rounding to float32 and fitting in float32 instead moves
+    per-gene Pearson r by 4e-4 to 4e-3 on synthetic 512-dimensional tasks."""
+    return np.asarray(z, dtype=np.float32).astype(np.float64)
+
+
 class _ScalerPCA:
-    """StandardScaler + PCA fit on one set of spots; records the number of components used."""
+    """StandardScaler + PCA fit on one set of spots; records the number of components used.
+
+    Outputs are (n_spots, n_components_) float64 holding float32 values (HEST's path)."""
 
     def __init__(self, n_components: int, seed: int) -> None:
         self.n_components = n_components
@@ -81,11 +92,10 @@ class _ScalerPCA:
         self.n_components_ = int(min(self.n_components, x.shape[0], x.shape[1]))
         self.scaler_ = StandardScaler()
         self.pca_ = PCA(n_components=self.n_components_, random_state=self.seed)
-        z = self.pca_.fit_transform(self.scaler_.fit_transform(x))
-        return np.asarray(z, dtype=np.float32)
+        return _hest_pca_output(self.pca_.fit_transform(self.scaler_.fit_transform(x)))
 
     def transform(self, x: np.ndarray) -> np.ndarray:
-        return np.asarray(self.pca_.transform(self.scaler_.transform(x)), dtype=np.float32)
+        return _hest_pca_output(self.pca_.transform(self.scaler_.transform(x)))
 
 
 class RidgePCAHead:
@@ -132,6 +142,9 @@ class RidgePCAHead:
 
 class RidgeHead:
     """Ridge on the raw embeddings, HEST's ``dimreduce: None`` (no scaling, no PCA).
+
+    HEST hands the float32 embeddings to the ridge as a numpy array here, so this ridge
+    runs in float32, as HEST's does.
 
     ``alpha=None`` means ``100 / (n_features * n_genes)`` with the embedding dimension.
     """

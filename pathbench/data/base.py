@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pathbench.data.images import as_rgb_uint8, decode_image
 from pathbench.errors import DataError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
@@ -38,20 +39,6 @@ class TileDataset:
     def describe(self, index: int) -> str:
         """Where item ``index`` comes from, for error messages."""
         return f"item {self.item_ids[index]!r}"
-
-
-def as_rgb_uint8(image: np.ndarray, where: str) -> np.ndarray:
-    """Check (and where harmless, fix) that ``image`` is an ``(H, W, 3)`` uint8 RGB array."""
-    image = np.asarray(image)
-    if image.ndim == 2:
-        image = np.repeat(image[:, :, None], 3, axis=2)
-    if image.ndim == 3 and image.shape[2] == 4:
-        image = image[:, :, :3]
-    if image.ndim != 3 or image.shape[2] != 3:
-        raise DataError(f"{where}: expected an RGB image of shape (H, W, 3), got shape {image.shape}.")
-    if image.dtype != np.uint8:
-        raise DataError(f"{where}: expected uint8 pixels, got {image.dtype}; convert the tiles to 8-bit RGB.")
-    return np.ascontiguousarray(image)
 
 
 def ids_digest(item_ids: Sequence[str]) -> str:
@@ -117,11 +104,10 @@ class ImageFolderDataset(TileDataset):
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Read an image file as ``(H, W, 3)`` uint8 RGB; unreadable files raise :class:`DataError`."""
-    from PIL import Image, UnidentifiedImageError
+    """Read an image file as ``(H, W, 3)`` uint8 RGB (:func:`pathbench.data.images.decode_image`);
+    unreadable files raise :class:`DataError`."""
+    return decode_image(Path(path), str(path))
 
-    try:
-        with Image.open(path) as image:
-            return np.asarray(image.convert("RGB"))
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise DataError(f"cannot read image {path}: {exc}. Re-download or remove the file.") from exc
+
+__all__ = ["IMAGE_SUFFIXES", "ArrayTileDataset", "ImageFolderDataset", "TileDataset", "as_rgb_uint8", "ids_digest",
+           "read_image"]

@@ -31,16 +31,16 @@ import json
 import os
 import re
 import urllib.request
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from pathbench._io import atomic_write, save_npy
 from pathbench.data.base import TileDataset, ids_digest
+from pathbench.data.images import decode_image
+from pathbench.data.parquet import RowGroupReader, parquet_file_identity
 from pathbench.errors import DataError, PathbenchError
 from pathbench.settings import cache_root
 
@@ -352,18 +352,6 @@ def subset_description(spec: int | str | os.PathLike | None, subset: np.ndarray 
 # ------------------------------------------------------------------------------------
 # Image readers: one dataset per slide
 # ------------------------------------------------------------------------------------
-def decode_image(payload: bytes, slide_id: str, tile_id: str, source: str) -> np.ndarray:
-    """PNG/JPEG bytes -> ``(H, W, 3) uint8`` RGB; a broken tile is a :class:`DataError`."""
-    try:
-        with Image.open(io.BytesIO(payload)) as image:
-            return np.asarray(image.convert("RGB"), dtype=np.uint8)
-    except Exception as exc:  # noqa: BLE001 - PIL raises many types for broken images
-        raise DataError(
-            f"tile {tile_id} of slide {slide_id} in {source} cannot be decoded as an image ({exc}). "
-            "The file is probably truncated or corrupt: download it again."
-        ) from exc
-
-
 class PlismSlide(TileDataset):
     """The tiles of one PLISM slide, in canonical ``(x, y)`` order.
 
@@ -397,11 +385,10 @@ def _fingerprint(obj: Any) -> str:
 class ParquetPlismSlide(PlismSlide):
     """One slide of a folder of ``owkin/plism-dataset-tiles`` parquet shards.
 
-    Reads the ``png`` column row group by row group (the last few decoded row groups are
-    kept), so a slide streams from disk in about one pass when its rows are stored together.
+    Reads the ``png`` column row group by row group (:class:`pathbench.data.parquet.RowGroupReader`
+    keeps the last few), so a slide streams from disk in about one pass when its rows are
+    stored together.
     """
-
-    _ROW_GROUP_CACHE = 4
 
     def __init__(
         self,
@@ -412,7 +399,7 @@ class ParquetPlismSlide(PlismSlide):
     ):
         super().__init__(slide_id, tile_ids, source_identity)
         self._locations = list(locations)  # (file, row_group, row_in_group) per item
-        self._cache: OrderedDict[tuple[str, int], list[bytes | None]] = OrderedDict()
+        self._reader = RowGroupReader("png")
 
     def subset(self, rows: np.ndarray) -> ParquetPlismSlide:
         rows = np.asarray(rows, dtype=np.int64)
@@ -423,48 +410,13 @@ class ParquetPlismSlide(PlismSlide):
             self._source_identity,
         )
 
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["_cache"] = OrderedDict()
-        return state
-
-    def _row_group(self, file: str, row_group: int) -> list[bytes | None]:
-        key = (file, row_group)
-        if key in self._cache:
-            self._cache.move_to_end(key)
-            return self._cache[key]
-        import pyarrow.parquet as pq
-
-        try:
-            table = pq.ParquetFile(file).read_row_group(row_group, columns=["png"])
-        except Exception as exc:  # noqa: BLE001
-            raise DataError(
-                f"cannot read row group {row_group} of {file} for slide {self.slide_id} ({exc}). "
-                "The shard is probably truncated: download it again."
-            ) from exc
-        payloads = _png_payloads(table.column("png"))
-        self._cache[key] = payloads
-        while len(self._cache) > self._ROW_GROUP_CACHE:
-            self._cache.popitem(last=False)
-        return payloads
-
     def load(self, index: int) -> np.ndarray:
         file, row_group, row = self._locations[index]
-        payload = self._row_group(file, row_group)[row]
-        tile_id = self.item_ids[index]
-        if payload is None:
-            raise DataError(f"tile {tile_id} of slide {self.slide_id} in {file} has no image bytes.")
-        return decode_image(payload, self.slide_id, tile_id, file)
-
-
-def _png_payloads(column: Any) -> list[bytes | None]:
-    """The image bytes of a ``png`` column: plain binary or the hub's ``{bytes, path}`` struct."""
-    import pyarrow as pa
-
-    column = column.combine_chunks() if hasattr(column, "combine_chunks") else column
-    if pa.types.is_struct(column.type):
-        column = column.field("bytes")
-    return column.to_pylist()
+        where = f"tile {self.item_ids[index]} of slide {self.slide_id} in {file}"
+        payload = self._reader.cell(file, row_group, row)
+        if payload is None or (isinstance(payload, dict) and payload.get("bytes") is None):
+            raise DataError(f"{where} has no image bytes; download the shard again.")
+        return decode_image(payload, where)
 
 
 def open_parquet_folder(root: str | os.PathLike) -> dict[str, ParquetPlismSlide]:
@@ -472,6 +424,10 @@ def open_parquet_folder(root: str | os.PathLike) -> dict[str, ParquetPlismSlide]
 
     The folder is searched recursively for ``*.parquet``; only the small columns are read
     to index it. Returns ``{canonical slide id: dataset}`` with tiles in ``(x, y)`` order.
+
+    A slide's fingerprint covers the identity of every file holding its rows (name, size,
+    modification time and parquet footer, :func:`pathbench.data.parquet.parquet_file_identity`),
+    so a rewritten shard, or a changed tile, is not served from an old feature cache.
     """
     import pyarrow.parquet as pq
 
@@ -492,7 +448,7 @@ def open_parquet_folder(root: str | os.PathLike) -> dict[str, ParquetPlismSlide]
                 f"parquet shard {file} lacks column(s) {', '.join(sorted(missing))}: expected the "
                 f"columns of {HUB_TILES_REPO} ({', '.join(PARQUET_COLUMNS)})."
             )
-        size = file.stat().st_size
+        identity = parquet_file_identity(file)
         for row_group in range(parquet.num_row_groups):
             table = parquet.read_row_group(row_group, columns=["slide_id", "tile_id"])
             slides = table.column("slide_id").to_pylist()
@@ -503,15 +459,15 @@ def open_parquet_folder(root: str | os.PathLike) -> dict[str, ParquetPlismSlide]
                 )
                 entry["tiles"].append(tile)
                 entry["locations"].append((str(file), row_group, row))
-                entry["files"][file.name] = size
+                entry["files"][str(file.relative_to(root))] = identity
     synthetic = _synthetic_identity(root)
     datasets_by_slide: dict[str, ParquetPlismSlide] = {}
     for slide, entry in sorted(per_slide.items()):
         order = canonical_order(entry["tiles"])
         tiles = [entry["tiles"][i] for i in order]
         _check_unique(slide, tiles)
-        identity = {"format": "plism-parquet", "tile_ids": ids_digest(tiles)}
-        identity.update(synthetic or {"files": sorted(entry["files"].items())})
+        identity = {"format": "plism-parquet", "tile_ids": ids_digest(tiles), "files": sorted(entry["files"].items())}
+        identity.update(synthetic or {})
         datasets_by_slide[slide] = ParquetPlismSlide(
             slide, tiles, [entry["locations"][i] for i in order], identity
         )
@@ -519,7 +475,7 @@ def open_parquet_folder(root: str | os.PathLike) -> dict[str, ParquetPlismSlide]
 
 
 def _synthetic_identity(root: Path) -> dict[str, Any] | None:
-    """A generated demo folder is identified by its generator parameters, not file sizes."""
+    """A generated demo folder also records its generator parameters."""
     manifest = root / "synthetic_plism.json"
     if not manifest.is_file():
         return None

@@ -41,6 +41,7 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from pathbench._io import atomic_write, write_json
+from pathbench.data.images import decode_image
 from pathbench.data.plism import HUB_TILES_REPO, SCANNERS, STAININGS, slide_id_for
 from pathbench.settings import cache_root
 
@@ -68,7 +69,7 @@ def load_demo_tiles() -> tuple[np.ndarray, np.ndarray]:
         grid = np.stack([data["col"], data["row"]], axis=1).astype(np.int64)
     tiles = np.stack(
         [
-            np.asarray(Image.open(io.BytesIO(blob[offsets[i] : offsets[i + 1]].tobytes())).convert("RGB"))
+            decode_image(blob[offsets[i] : offsets[i + 1]].tobytes(), f"demo tile {i} of {_ASSET}")
             for i in range(len(offsets) - 1)
         ]
     )
@@ -144,7 +145,7 @@ def apply_scanner(tile: np.ndarray, params: dict[str, Any], rng: np.random.Gener
     scanned = np.clip(np.rint(values), 0, 255).astype(np.uint8)
     buffer = io.BytesIO()
     Image.fromarray(scanned).save(buffer, format="JPEG", quality=params["jpeg_quality"])
-    return np.asarray(Image.open(io.BytesIO(buffer.getvalue())).convert("RGB"))
+    return decode_image(buffer.getvalue(), "a simulated scan")
 
 
 def stain_tiles(tiles: np.ndarray, staining: str, seed: int = 0) -> np.ndarray:

@@ -8,12 +8,12 @@ from pathbench.heads.linear import (
     Head,
     LinearProbe,
     ProbeProtocol,
-    adamw_step_,
     epoch_learning_rate,
     epoch_permutation,
     init_linear,
     macro_accuracy,
     macro_accuracy_batched,
+    protocol_adamw,
     summarise_runs,
 )
 
@@ -22,11 +22,11 @@ __all__ = [
     "Head",
     "LinearProbe",
     "ProbeProtocol",
-    "adamw_step_",
     "epoch_learning_rate",
     "epoch_permutation",
     "init_linear",
     "macro_accuracy",
     "macro_accuracy_batched",
+    "protocol_adamw",
     "summarise_runs",
 ]

@@ -17,13 +17,14 @@ The linear probe here is eva's patch-classification protocol (kaiko eva, offline
 Speed: the R runs train together as one batched computation. Their heads live in one
 ``(R, C, D + 1)`` tensor (the bias is the last column, the embeddings get a column of
 ones), each step gathers an ``(R, B, D + 1)`` batch with every run's own permutation,
-computes the logits with one ``bmm``, the gradient of the loss in closed form and updates
-all runs with one AdamW update written element-wise as torch's single-tensor AdamW. Runs
-that stop early leave the batch. Each run computes what it would compute alone
+computes the logits with one ``bmm`` and the gradient of the loss in closed form, and one
+``torch.optim.AdamW`` step updates the whole stack: AdamW is element-wise, so each run gets
+the update it would get alone. Runs that stop early leave the batch (their rows leave the
+parameter and the optimiser state). Each run computes what it would compute alone
 (``runs=1, seed=seed + r``) and what a plain PyTorch loop computes, which the tests check.
 
 The design leaves room for other heads (an ABMIL slide head, a segmentation decoder): they
-reuse :class:`ProbeProtocol`, :func:`epoch_learning_rate`, :class:`BatchedEarlyStopping`,
+reuse :class:`ProbeProtocol`, :func:`protocol_adamw`, :func:`epoch_learning_rate`, :class:`BatchedEarlyStopping`,
 :func:`macro_accuracy` and the :class:`Head` interface (``fit`` on train/val, ``predict``).
 """
 
@@ -50,7 +51,7 @@ __all__ = [
     "epoch_permutation",
     "macro_accuracy",
     "macro_accuracy_batched",
-    "adamw_step_",
+    "protocol_adamw",
     "init_linear",
     "summarise_runs",
 ]
@@ -202,29 +203,36 @@ def macro_accuracy_batched(preds: torch.Tensor, targets: torch.Tensor, num_class
     return recall.mean(dim=1)
 
 
-def adamw_step_(
-    param: torch.Tensor,
-    grad: torch.Tensor,
-    exp_avg: torch.Tensor,
-    exp_avg_sq: torch.Tensor,
-    step: int,
-    lr: float,
-    protocol: ProbeProtocol,
-) -> None:
-    """One AdamW update in place, the same element-wise operations as torch's single-tensor AdamW.
+def protocol_adamw(param: torch.Tensor, protocol: ProbeProtocol) -> torch.optim.AdamW:
+    """``torch.optim.AdamW`` over one stacked parameter with the protocol's hyper-parameters.
 
-    Because every operation is element-wise, updating an ``(R, ...)`` stack of R runs'
-    parameters gives each run exactly the update it would get alone.
+    The fused implementation is used on CPU and CUDA: with a single parameter tensor the
+    multi-tensor (foreach) path has nothing to batch, and the fused kernel is the fastest of
+    the three (``benchmarks/eva_linear_probe.py --optimiser-only`` prints the timings).
+
+    Args:
+        param: a leaf tensor, for example the ``(R, C, D + 1)`` stack of R runs' heads.
     """
-    beta1, beta2 = protocol.betas
-    param.mul_(1 - lr * protocol.weight_decay)
-    exp_avg.lerp_(grad, 1 - beta1)
-    exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-    bias_correction1 = 1 - beta1**step
-    bias_correction2 = 1 - beta2**step
-    step_size = lr / bias_correction1
-    denom = (exp_avg_sq.sqrt() / bias_correction2**0.5).add_(protocol.eps)
-    param.addcdiv_(exp_avg, denom, value=-step_size)
+    fused = param.device.type in ("cpu", "cuda")
+    return torch.optim.AdamW([param], lr=protocol.lr, betas=protocol.betas, eps=protocol.eps,
+                             weight_decay=protocol.weight_decay, fused=fused or None)
+
+
+def _keep_runs(optimiser: torch.optim.AdamW, param: torch.Tensor, keep: torch.Tensor,
+               protocol: ProbeProtocol) -> tuple[torch.optim.AdamW, torch.Tensor]:
+    """The runs ``keep`` of a stacked parameter and of its optimiser state (moments, step count).
+
+    Goes through ``state_dict``/``load_state_dict``, the optimiser's public way to carry
+    state over to new parameter tensors.
+    """
+    state = optimiser.state_dict()
+    for moments in state["state"].values():
+        for key in ("exp_avg", "exp_avg_sq"):
+            moments[key] = moments[key][keep]
+    kept = param[keep]
+    optimiser = protocol_adamw(kept, protocol)
+    optimiser.load_state_dict(state)  # also restores the current learning rate
+    return optimiser, kept
 
 
 def summarise_runs(values: Sequence[float]) -> tuple[float, float]:
@@ -321,7 +329,7 @@ class LinearProbe:
         self._check_inputs(vx, vy, "val")
         if x.shape[1] != vx.shape[1]:
             raise PathbenchError(f"train embeddings have {x.shape[1]} dimensions, val {vx.shape[1]}.")
-        with _single_thread_on_cpu(device):
+        with _single_thread_on_cpu(device), torch.no_grad():
             self._fit(x, y, vx, vy, device)
         return self
 
@@ -340,7 +348,7 @@ class LinearProbe:
         inits = [init_linear(dim, c_out, p.seed + r) for r in range(p.runs)]
         weight = torch.stack([torch.cat([w, b[:, None]], dim=1) for w, b in inits]).to(device)  # (R, C, D+1)
         generators = [torch.Generator().manual_seed(p.seed + r) for r in range(p.runs)]
-        exp_avg, exp_avg_sq = torch.zeros_like(weight), torch.zeros_like(weight)
+        optimiser = protocol_adamw(weight, p)
 
         active = list(range(p.runs))  # run ids still training, aligned with dim 0 of the state
         stopper = BatchedEarlyStopping(p.runs, p.patience)
@@ -356,7 +364,7 @@ class LinearProbe:
         bar = tqdm(total=p.max_steps, desc="linear probe", unit="step", disable=not self.progress,
                    leave=False, mininterval=0.5)
         while active and step < p.max_steps:
-            lr = epoch_learning_rate(p, epoch)
+            optimiser.param_groups[0]["lr"] = epoch_learning_rate(p, epoch)
             perms = torch.stack([epoch_permutation(generators[r], n) for r in active]).to(device)  # (A, N)
             completed = True
             for b in range(steps_per_epoch):
@@ -364,9 +372,9 @@ class LinearProbe:
                 xb = x1[idx]  # (A, B, D+1)
                 logits = torch.bmm(xb, weight.transpose(1, 2))  # (A, B, C)
                 grad_logits = self._loss_gradient(logits, idx, y, y_float)
-                grad = torch.bmm(grad_logits.transpose(1, 2), xb)  # (A, C, D+1)
+                weight.grad = torch.bmm(grad_logits.transpose(1, 2), xb)  # (A, C, D+1)
+                optimiser.step()
                 step += 1
-                adamw_step_(weight, grad, exp_avg, exp_avg_sq, step, lr, p)
                 if step >= p.max_steps:
                     completed = b == steps_per_epoch - 1
                     break
@@ -385,7 +393,7 @@ class LinearProbe:
                     stop_step[r] = step
             if stop.any():
                 keep = torch.as_tensor(np.flatnonzero(~stop), dtype=torch.long, device=device)
-                weight, exp_avg, exp_avg_sq = weight[keep], exp_avg[keep], exp_avg_sq[keep]
+                optimiser, weight = _keep_runs(optimiser, weight, keep, p)
                 active = [r for r, s in zip(active, stop, strict=True) if not s]
             epoch += 1
         bar.close()
