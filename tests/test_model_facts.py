@@ -139,6 +139,14 @@ def test_specs_without_a_recorded_count_are_counted_only_when_asked():
     assert parameter_count(get_spec("hf:acme/unknown"), compute=True) is None  # known only once loaded
 
 
+def test_a_recorded_count_does_not_survive_a_change_of_architecture():
+    spec = get_spec("h0-mini")
+    assert spec.replace(build_kwargs={**spec.build_kwargs, "depth": 2}).params is None
+    assert spec.replace(arch="vit_small_patch14_reg4_dinov2").params is None
+    assert spec.replace(build_kwargs={**spec.build_kwargs, "dynamic_img_size": True}, params=1).params == 1
+    assert spec.replace(name="h0-mini-copy", resize=256).params == spec.params
+
+
 def test_timm_generic_specs_resize_exactly_as_timms_own_transform():
     from timm.data import create_transform, resolve_data_config
 

@@ -162,7 +162,15 @@ class ModelSpec:
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
     def replace(self, **changes: Any) -> ModelSpec:
-        """A copy with ``changes`` applied."""
+        """A copy with ``changes`` applied.
+
+        A recorded ``params`` describes one architecture: changing ``family``, ``arch`` or
+        ``build_kwargs`` without giving ``params`` drops it (counted on demand again).
+        """
+        if "params" not in changes and any(
+            key in changes and changes[key] != getattr(self, key) for key in ("family", "arch", "build_kwargs")
+        ):
+            changes["params"] = None
         return dataclasses.replace(self, **changes)
 
 
