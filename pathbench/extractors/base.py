@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 
 from pathbench.errors import PathbenchError
-from pathbench.extractors.spec import ModelSpec, check_pooling
+from pathbench.extractors.spec import ModelSpec, check_pooling, resolve_precision
 
-PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def pool_tokens(tokens: torch.Tensor, num_prefix_tokens: int, pooling: str) -> torch.Tensor:
@@ -79,12 +79,6 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return torch.device("cpu")
 
 
-def check_precision(precision: str) -> str:
-    if precision not in PRECISIONS:
-        raise PathbenchError(f"unknown precision {precision!r}: expected one of {', '.join(PRECISIONS)}.")
-    return precision
-
-
 class Extractor:
     """A frozen network with its preprocessing, token layout and pooling.
 
@@ -93,7 +87,9 @@ class Extractor:
         model: a network whose ``forward(images)`` returns tokens ``(B, T, D)``.
         weights_fingerprint: content identity of the loaded weights (keys the cache).
         device: where the forward pass runs (``"auto"``: cuda, then mps, then cpu).
-        precision: ``"fp32"``, ``"fp16"`` or ``"bf16"`` (autocast); outputs are always float32.
+        precision: ``"auto"`` (the spec's recommended precision on a CUDA GPU, fp32
+            elsewhere), ``"fp32"``, ``"fp16"`` or ``"bf16"`` (autocast). ``self.precision``
+            is the resolved one, which keys the cache; outputs are always float32.
         pooling: default pooling for :meth:`embed`; ``None`` takes the spec's default.
     """
 
@@ -104,12 +100,12 @@ class Extractor:
         weights_fingerprint: str,
         *,
         device: str | torch.device = "auto",
-        precision: str = "fp32",
+        precision: str = "auto",
         pooling: str | None = None,
     ) -> None:
         self.spec = spec
         self.device = resolve_device(device)
-        self.precision = check_precision(precision)
+        self.precision = resolve_precision(precision, spec, self.device.type)
         self.pooling = check_pooling(pooling or spec.default_pooling)
         self.weights_fingerprint = weights_fingerprint
         self.model = model.eval().to(self.device)
@@ -180,7 +176,7 @@ class Extractor:
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.precision == "fp32":
             return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=PRECISIONS[self.precision])
+        return torch.autocast(device_type=self.device.type, dtype=DTYPES[self.precision])
 
     @torch.inference_mode()
     def forward_tokens(self, pixels: torch.Tensor) -> torch.Tensor:

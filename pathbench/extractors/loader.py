@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -12,6 +13,7 @@ from pathbench.errors import PathbenchError, WeightsAccessError
 from pathbench.extractors import weights as weights_mod
 from pathbench.extractors.base import Extractor
 from pathbench.extractors.builders import TokenModel, build_network
+from pathbench.extractors.checks import check_preprocessing
 from pathbench.extractors.registry import get_spec, plugin_extractor
 from pathbench.extractors.spec import ModelSpec
 
@@ -25,7 +27,7 @@ def load_extractor(
     *,
     weights: str | os.PathLike | None = None,
     device: str | torch.device = "auto",
-    precision: str = "fp32",
+    precision: str = "auto",
     pooling: str | None = None,
     trust_remote_code: bool = False,
 ) -> Extractor:
@@ -36,7 +38,9 @@ def load_extractor(
             ``"hf:owkin/phikon"``) or a :class:`ModelSpec`.
         weights: a local safetensors file or torch state dict; wins over the hub.
         device: ``"auto"`` (cuda, then mps, then cpu), or a torch device string.
-        precision: ``"fp32"``, ``"fp16"`` or ``"bf16"``.
+        precision: ``"auto"`` (the spec's ``recommended_precision`` on a CUDA GPU, fp32
+            elsewhere), ``"fp32"``, ``"fp16"`` or ``"bf16"``. The extractor reports the
+            resolved one as ``extractor.precision``; it keys the feature cache.
         pooling: default pooling of the extractor (``None``: the spec's default).
         trust_remote_code: allow models that need code from their hub repository.
     """
@@ -51,7 +55,29 @@ def load_extractor(
         network, fingerprint, spec = _load_hf_pretrained(spec, trust_remote_code)
     else:
         network, fingerprint = _build_and_load(spec)
+    if not spec.random_init:
+        warn_on_preprocessing_mismatch(spec)
     return Extractor(spec, network, fingerprint, device=device, precision=precision, pooling=pooling)
+
+
+def warn_on_preprocessing_mismatch(spec: ModelSpec) -> None:
+    """Warn when the hub's cached timm config resolves to another transform than ``spec``'s.
+
+    Values the hub config states give a warning; values only timm's defaults decide are
+    logged (the owner may not have meant them; ``docs/models.md`` discusses H0-mini's).
+    """
+    mismatches = check_preprocessing(spec)
+    stated = [str(m) for m in mismatches if m.stated]
+    if stated:
+        warnings.warn(
+            f"{spec.name}: the preprocessing differs from the hub's config of {spec.hub_id} "
+            f"({'; '.join(stated)}). pathbench follows the model card; check which one you want "
+            "(docs/models.md, 'Preprocessing checks').",
+            stacklevel=3,
+        )
+    for mismatch in mismatches:
+        if not mismatch.stated:
+            logger.info("%s: %s", spec.name, mismatch)
 
 
 def _build_and_load(spec: ModelSpec) -> tuple[TokenModel, str]:
@@ -101,6 +127,11 @@ def _load_hf_pretrained(spec: ModelSpec, trust_remote_code: bool) -> tuple[Token
 
     try:
         backbone = transformers.AutoModel.from_pretrained(local_dir, trust_remote_code=trust_remote_code)
+    except ImportError as exc:
+        if trust_remote_code:
+            raise remote_code_error(spec, exc, transformers.__version__) from exc
+        raise PathbenchError(f"{spec.name}: transformers {transformers.__version__} cannot load {local_dir}: "
+                             f"{exc}") from exc
     except ValueError as exc:
         raise PathbenchError(f"{spec.name}: transformers cannot load {local_dir}: {exc}") from exc
     config = backbone.config
@@ -110,6 +141,26 @@ def _load_hf_pretrained(spec: ModelSpec, trust_remote_code: bool) -> tuple[Token
         spec = spec.replace(embed_dim=hidden, num_prefix_tokens=1 + registers)
     # A snapshot folder is named by its commit, which pins the weights' content.
     return TokenModel(backbone, "hf"), "hf-commit:" + Path(local_dir).name, spec
+
+
+def remote_code_error(spec: ModelSpec, exc: ImportError, transformers_version: str) -> PathbenchError:
+    """The error for a model whose own hub code imports something the installed libraries lack.
+
+    Such code was written against older libraries (hibou-l's imports ``transformers.onnx``,
+    which transformers 5 removed); the message names the missing module, the installed
+    transformers and the versions the spec records as working.
+    """
+    missing = getattr(exc, "name", None) or str(exc)
+    if spec.requirements:
+        fix = (f"It is known to run with {', '.join(spec.requirements)}: install that in a separate environment "
+               f"(`pip install {' '.join(repr(r) for r in spec.requirements)}`).")
+    else:
+        fix = "Install the library versions its model card names, in a separate environment."
+    return PathbenchError(
+        f"{spec.name}: the code in its hub repository {weights_mod.hub_page(spec.hub_id or '')} cannot run with "
+        f"the installed transformers {transformers_version}: it imports {missing!r}, which is not there "
+        f"({type(exc).__name__}: {exc}). {fix}"
+    )
 
 
 def _snapshot(spec: ModelSpec) -> str:

@@ -4,20 +4,27 @@ Third-party packages add extractors through the entry-point group
 ``pathbench.extractors``. Each entry point names a zero-argument callable returning a
 :class:`ModelSpec`, a list of specs, or a ready :class:`Extractor`. A plugin that fails
 to import or to run is reported as one warning line; everything else keeps working.
+
+This module imports neither torch nor timm nor transformers (``pathbench models`` lists
+specs without them); ``timm:<arch>`` specs import timm when they are asked for.
 """
 
 from __future__ import annotations
 
 import difflib
 import logging
+import sys
 import warnings
 from collections.abc import Callable, Iterable
 from importlib import metadata
+from typing import TYPE_CHECKING
 
 from pathbench.errors import ModelNotFoundError, PathbenchError
-from pathbench.extractors.base import Extractor
-from pathbench.extractors.spec import IMAGENET_MEAN, IMAGENET_STD, ModelSpec
+from pathbench.extractors.spec import ModelSpec
 from pathbench.extractors.zoo import BUILTIN_SPECS
+
+if TYPE_CHECKING:
+    from pathbench.extractors.base import Extractor
 
 ENTRY_POINT_GROUP = "pathbench.extractors"
 logger = logging.getLogger(__name__)
@@ -72,16 +79,24 @@ def load_plugins(force: bool = False) -> None:
             )
 
 
+def _is_extractor(item: object) -> bool:
+    # A plugin that returns an Extractor has imported pathbench.extractors.base (and torch)
+    # itself; when that module is not loaded, nothing can be an Extractor, and listing
+    # specs stays free of torch.
+    base = sys.modules.get("pathbench.extractors.base")
+    return base is not None and isinstance(item, base.Extractor)
+
+
 def _register_provided(provided: object, origin: str) -> None:
     items: Iterable[object]
-    if isinstance(provided, (ModelSpec, Extractor)):
+    if isinstance(provided, ModelSpec) or _is_extractor(provided):
         items = [provided]
     elif isinstance(provided, (list, tuple)):
         items = provided
     else:
         raise TypeError(f"got {type(provided).__name__}")
     for item in items:
-        if isinstance(item, Extractor):
+        if _is_extractor(item):
             spec = item.spec if item.spec.origin != "pathbench" else item.spec.replace(origin=origin)
             _plugin_extractors[spec.name] = item
             _registered[spec.name] = spec
@@ -146,25 +161,25 @@ def timm_spec(arch: str) -> ModelSpec:
         hint = f" Did you mean {', '.join(close)}?" if close else ""
         raise ModelNotFoundError(f"timm has no architecture {arch!r}.{hint}")
     from pathbench.extractors.builders import build_network
+    from pathbench.extractors.checks import timm_transform
 
     probe = ModelSpec(name=f"timm:{arch}", family="timm", arch=arch, embed_dim=0, build_kwargs={"num_classes": 0})
-    backbone = build_network(probe, device="meta").backbone
+    network = build_network(probe, device="meta")
+    backbone = network.backbone
     cfg = timm.get_pretrained_cfg(arch) if hasattr(timm, "get_pretrained_cfg") else None
     hub_id = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
-    mean = tuple(getattr(cfg, "mean", IMAGENET_MEAN) or IMAGENET_MEAN)
-    std = tuple(getattr(cfg, "std", IMAGENET_STD) or IMAGENET_STD)
-    input_size = getattr(cfg, "input_size", (3, 224, 224)) or (3, 224, 224)
-    crop_pct = getattr(cfg, "crop_pct", 1.0) or 1.0
-    crop = int(input_size[-1])
+    # timm's own data config, so the transform is the one timm's create_transform builds.
+    transform = timm_transform(cfg.to_dict() if cfg is not None else dict(backbone.pretrained_cfg or {}))
     return probe.replace(
         embed_dim=int(backbone.num_features),
         num_prefix_tokens=max(1, int(getattr(backbone, "num_prefix_tokens", 1))),
         hub_id=hub_id,
-        mean=mean,
-        std=std,
-        crop=crop,
-        resize=int(round(crop / crop_pct)),
-        interpolation=getattr(cfg, "interpolation", "bicubic") or "bicubic",
+        mean=transform["mean"],
+        std=transform["std"],
+        crop=transform["crop"],
+        resize=transform["resize"],
+        interpolation=transform["interpolation"],
+        params=sum(p.numel() for p in network.parameters()),
         licence=getattr(cfg, "license", None) or "see the timm model card",
         origin="timm",
         description=f"timm architecture {arch}",

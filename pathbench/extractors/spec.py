@@ -21,6 +21,10 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 POOLINGS = ("cls", "mean", "cls+mean")
 FAMILIES = ("timm", "hf")
+# Autocast precisions; "auto" resolves to the spec's recommended one on a CUDA GPU and to fp32
+# elsewhere (see resolve_precision).
+PRECISIONS = ("fp32", "fp16", "bf16")
+PRECISION_CHOICES = ("auto", *PRECISIONS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,10 +50,18 @@ class ModelSpec:
         embed_dim: width of each output token.
         default_pooling: pooling used when a benchmark has no default of its own.
         bench_pooling: per-benchmark default pooling, e.g. ``{"hest": "cls+mean"}``.
-        licence: weights licence.
+        licence: weights licence, as the model card states it (``docs/models.md`` cites it).
         gated: whether the hub repository requires accepting terms.
+        recommended_precision: autocast precision the model card runs inference with
+            (``"fp32"`` when the card names none); ``precision="auto"`` uses it on a GPU.
+        mpp: resolution of the training tiles in microns per pixel, ``None`` when the card
+            states none or the model was trained on several resolutions.
+        params: parameter count of the architecture (built-ins record it so that listing
+            models builds nothing; ``None``: counted on demand by :func:`parameter_count`).
         trust_remote_code: the model needs code from its hub repository (only run when
             the user passes ``--trust-remote-code``).
+        requirements: pip requirement strings the model's own (remote) code is known to
+            run with, named in the error when it cannot run, e.g. ``("transformers<5",)``.
         random_init: build with random weights (seeded); no weights are loaded.
         origin: distribution that provided the spec (``"pathbench"`` for built-ins).
         description: one line for ``pathbench models``.
@@ -73,7 +85,11 @@ class ModelSpec:
     bench_pooling: Mapping[str, str] = dataclasses.field(default_factory=dict)
     licence: str = "unknown"
     gated: bool = False
+    recommended_precision: str = "fp32"
+    mpp: float | None = None
+    params: int | None = None
     trust_remote_code: bool = False
+    requirements: tuple[str, ...] = ()
     random_init: bool = False
     origin: str = "pathbench"
     description: str = ""
@@ -85,6 +101,13 @@ class ModelSpec:
             )
         for pooling in (self.default_pooling, *self.bench_pooling.values()):
             check_pooling(pooling)
+        if self.recommended_precision not in PRECISIONS:
+            raise PathbenchError(
+                f"model spec {self.name!r}: recommended_precision must be one of {', '.join(PRECISIONS)}, "
+                f"got {self.recommended_precision!r}."
+            )
+        if self.mpp is not None and not self.mpp > 0:
+            raise PathbenchError(f"model spec {self.name!r}: mpp is microns per pixel (> 0) or None, got {self.mpp!r}.")
         if self.num_prefix_tokens < 1:
             raise PathbenchError(
                 f"model spec {self.name!r}: num_prefix_tokens counts the class token, so it is at least 1; "
@@ -95,6 +118,7 @@ class ModelSpec:
         object.__setattr__(self, "bench_pooling", dict(self.bench_pooling))
         object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
         object.__setattr__(self, "std", tuple(float(v) for v in self.std))
+        object.__setattr__(self, "requirements", tuple(self.requirements))
 
     @property
     def num_registers(self) -> int:
@@ -138,8 +162,45 @@ class ModelSpec:
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
     def replace(self, **changes: Any) -> ModelSpec:
-        """A copy with ``changes`` applied."""
+        """A copy with ``changes`` applied.
+
+        A recorded ``params`` describes one architecture: changing ``family``, ``arch`` or
+        ``build_kwargs`` without giving ``params`` drops it (counted on demand again).
+        """
+        if "params" not in changes and any(
+            key in changes and changes[key] != getattr(self, key) for key in ("family", "arch", "build_kwargs")
+        ):
+            changes["params"] = None
         return dataclasses.replace(self, **changes)
+
+
+def parameter_count(spec: ModelSpec, compute: bool = False) -> int | None:
+    """Parameters of ``spec``'s architecture.
+
+    The recorded ``spec.params`` when there is one (no torch import); otherwise ``None``,
+    unless ``compute=True``, which builds the architecture on PyTorch's meta device (no
+    weights, no memory; imports torch and the model's library). Generic ``hf:<repo>``
+    specs learn their architecture only when loaded: ``None`` for them.
+    """
+    if spec.params is not None or not compute or spec.embed_dim == 0:
+        return spec.params
+    from pathbench.extractors.builders import count_parameters
+
+    return count_parameters(spec)
+
+
+def resolve_precision(precision: str, spec: ModelSpec, device_type: str) -> str:
+    """The autocast precision to run ``spec`` with on a device of type ``device_type``.
+
+    ``"auto"`` is the spec's ``recommended_precision`` on a CUDA GPU and ``"fp32"`` anywhere
+    else (CPU autocast is slow and MPS half-precision support varies); explicit ``"fp32"``,
+    ``"fp16"`` and ``"bf16"`` are returned unchanged.
+    """
+    if precision == "auto":
+        return spec.recommended_precision if device_type == "cuda" else "fp32"
+    if precision not in PRECISIONS:
+        raise PathbenchError(f"unknown precision {precision!r}: expected one of {', '.join(PRECISION_CHOICES)}.")
+    return precision
 
 
 def check_pooling(pooling: str) -> str:

@@ -1,8 +1,11 @@
 """The built-in model zoo: one declarative spec per public pathology model.
 
-Facts (hub ids, build kwargs, normalisation, token layout) follow each model's card and
-``docs/models.md``. Build kwargs are exactly those of the model's loading call, with
-layer classes given by name (``"SwiGLUPacked"``) so specs stay plain data.
+Facts (hub ids, build kwargs, normalisation, token layout, licence, gating, recommended
+precision, training resolution) follow each model's card; ``docs/models.md`` cites the
+source of each, and a test keeps the two in agreement. Build kwargs are exactly those of
+the model's loading call, with layer classes given by name (``"SwiGLUPacked"``) so specs
+stay plain data. ``params`` records the parameter count of the architecture built on the
+meta device (a test rebuilds each one), so listing models builds nothing.
 """
 
 from __future__ import annotations
@@ -46,6 +49,9 @@ BUILTIN_SPECS: tuple[ModelSpec, ...] = (
         bench_pooling={"hest": "cls+mean"},
         licence="Apache-2.0",
         gated=True,
+        recommended_precision="fp16",
+        mpp=0.5,
+        params=1_134_774_272,
         description="Bioptimus ViT-g/14 with 4 registers (1.1B), the distillation teacher",
     ),
     ModelSpec(
@@ -61,6 +67,9 @@ BUILTIN_SPECS: tuple[ModelSpec, ...] = (
         bench_pooling={"hest": "cls+mean"},
         licence="CC-BY-NC-ND-4.0",
         gated=True,
+        recommended_precision="fp16",
+        mpp=0.5,
+        params=1_134_774_272,
         description="Bioptimus ViT-g/14 with 4 registers, second release",
     ),
     ModelSpec(
@@ -83,6 +92,9 @@ BUILTIN_SPECS: tuple[ModelSpec, ...] = (
         bench_pooling={"hest": "cls+mean"},
         licence="CC-BY-NC-ND-4.0",
         gated=True,
+        recommended_precision="fp16",
+        mpp=0.5,
+        params=85_739_520,
         description="ViT-B/14 distilled from H-Optimus-0 (the seed paper's model)",
     ),
     ModelSpec(
@@ -96,6 +108,7 @@ BUILTIN_SPECS: tuple[ModelSpec, ...] = (
         bench_pooling={"hest": "cls+mean"},
         licence="CC-BY-NC-ND-4.0",
         gated=True,
+        params=303_350_784,
         description="Mahmood Lab ViT-L/16 (UNI)",
     ),
     ModelSpec(
@@ -122,6 +135,7 @@ BUILTIN_SPECS: tuple[ModelSpec, ...] = (
         bench_pooling={"hest": "cls+mean"},
         licence="CC-BY-NC-ND-4.0",
         gated=True,
+        params=681_394_176,
         description="Mahmood Lab ViT-H/14 with 8 registers (UNI2-h)",
     ),
     ModelSpec(
@@ -133,8 +147,11 @@ BUILTIN_SPECS: tuple[ModelSpec, ...] = (
         num_prefix_tokens=1,
         embed_dim=1280,
         default_pooling="cls+mean",
-        licence="Apache-2.0 (non-commercial terms on the model card)",
+        licence="Apache-2.0",
         gated=True,
+        recommended_precision="fp16",
+        mpp=0.5,
+        params=631_229_184,
         description="Paige ViT-H/14 (Virchow)",
     ),
     ModelSpec(
@@ -148,6 +165,8 @@ BUILTIN_SPECS: tuple[ModelSpec, ...] = (
         default_pooling="cls+mean",
         licence="CC-BY-NC-ND-4.0",
         gated=True,
+        recommended_precision="fp16",
+        params=631_239_424,
         description="Paige ViT-H/14 with 4 registers (Virchow2)",
     ),
     ModelSpec(
@@ -172,6 +191,8 @@ BUILTIN_SPECS: tuple[ModelSpec, ...] = (
         bench_pooling={"hest": "cls+mean"},
         licence="Apache-2.0",
         gated=True,
+        mpp=0.5,
+        params=1_134_953_984,
         description="Providence ViT-g/14 with 16 px patches (Prov-GigaPath tile encoder)",
     ),
     ModelSpec(
@@ -194,6 +215,8 @@ BUILTIN_SPECS: tuple[ModelSpec, ...] = (
         bench_pooling={"hest": "cls+mean"},
         licence="Owkin non-commercial",
         gated=False,
+        mpp=0.5,
+        params=85_798_656,
         description="Owkin ViT-B/16 (iBOT on TCGA)",
     ),
     ModelSpec(
@@ -216,6 +239,8 @@ BUILTIN_SPECS: tuple[ModelSpec, ...] = (
         bench_pooling={"hest": "cls+mean"},
         licence="Owkin non-commercial",
         gated=False,
+        mpp=0.5,
+        params=303_301_632,
         description="Owkin ViT-L/16 (DINOv2 on PANCAN-XL)",
     ),
     ModelSpec(
@@ -240,6 +265,10 @@ BUILTIN_SPECS: tuple[ModelSpec, ...] = (
         licence="Apache-2.0",
         gated=True,
         trust_remote_code=True,
+        # Its configuration_dinov2.py imports transformers.onnx, which transformers 5 removed;
+        # 4.48 is the first release with Dinov2WithRegistersConfig (the architecture built here).
+        requirements=("transformers>=4.48,<5",),
+        params=303_233_024,
         description="HistAI ViT-L/14 with 4 registers (loads with the repository's own code)",
     ),
     ModelSpec(
@@ -253,8 +282,9 @@ BUILTIN_SPECS: tuple[ModelSpec, ...] = (
         num_prefix_tokens=1,
         embed_dim=768,
         bench_pooling={"hest": "cls+mean"},
-        licence="Apache-2.0",
+        licence="Kaiko Non-Commercial Public License",
         gated=False,
+        params=85_807_872,
         description="kaiko.ai ViT-B/8",
     ),
     # Small random-weight models: everything runs offline with them.
@@ -270,6 +300,7 @@ BUILTIN_SPECS: tuple[ModelSpec, ...] = (
         bench_pooling={"hest": "cls+mean"},
         licence="none (random weights)",
         random_init=True,
+        params=1_076_544,
         description="2-block ViT-Ti/16 with 2 registers, random weights (seed 0): offline tests and demo",
     ),
     ModelSpec(
@@ -284,6 +315,7 @@ BUILTIN_SPECS: tuple[ModelSpec, ...] = (
         bench_pooling={"hest": "cls+mean"},
         licence="none (random weights)",
         random_init=True,
+        params=6_248_448,
         description="4-block ViT-S/14 with 4 registers and SwiGLU, random weights: an H0-mini in small",
     ),
     ModelSpec(
@@ -303,6 +335,7 @@ BUILTIN_SPECS: tuple[ModelSpec, ...] = (
         embed_dim=64,
         licence="none (random weights)",
         random_init=True,
+        params=267_008,
         description="2-layer transformers ViT, random weights: exercises the transformers path offline",
     ),
 )
