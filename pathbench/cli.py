@@ -60,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     models = commands.add_parser("models", help="list every registered model")
     models.add_argument("pattern", nargs="?", help="filter names with wildcards, e.g. 'h*'")
     models.add_argument("--json", action="store_true", help="machine-readable output")
+    models.add_argument("--params", action="store_true", help="also count the parameters of models that do not "
+                        "record them (plugin and generic specs; builds them on the meta device)")
     models.set_defaults(func=_models)
 
     benchmarks = commands.add_parser("benchmarks", help="list every registered benchmark")
@@ -100,12 +102,12 @@ def build_parser() -> argparse.ArgumentParser:
 # models, benchmarks
 # ------------------------------------------------------------------------------------
 def _models(args: argparse.Namespace) -> int:
-    from pathbench.extractors import count_parameters, list_specs
+    from pathbench.extractors import list_specs, parameter_count
 
     rows = []
     for spec in list_specs(args.pattern):
         try:
-            params = count_parameters(spec) if spec.embed_dim else None
+            params = parameter_count(spec, compute=args.params) if spec.embed_dim else None
         except Exception as exc:  # a plugin spec that cannot be built is still listed
             warnings.warn(f"cannot build {spec.name} to count its parameters: {exc}", stacklevel=1)
             params = None
@@ -122,6 +124,8 @@ def _models(args: argparse.Namespace) -> int:
                 "params": params,
                 "licence": spec.licence,
                 "gated": spec.gated,
+                "recommended_precision": spec.recommended_precision,
+                "mpp": spec.mpp,
                 "description": spec.description,
             }
         )

@@ -24,7 +24,7 @@ from pathbench.errors import PathbenchError
 from pathbench.results import Results, read_run_json, write_run
 from pathbench.settings import DEFAULT_RESULTS
 
-PRECISION_CHOICES = ("fp32", "fp16", "bf16")
+PRECISION_CHOICES = ("auto", "fp32", "fp16", "bf16")
 POOLING_CHOICES = ("cls", "mean", "cls+mean")
 
 
@@ -36,7 +36,8 @@ class RunOptions:
     weights: str | None = option(help="local weights (safetensors or torch state dict) instead of the hub")
     pooling: str | None = option(choices=POOLING_CHOICES,
                                  help="embedding pooling (default: the benchmark's default for the model)")
-    precision: str = option("fp32", choices=PRECISION_CHOICES, help="autocast precision (default fp32)")
+    precision: str = option("auto", choices=PRECISION_CHOICES,
+                            help="autocast precision; auto (default): the model card's on a GPU, fp32 on a CPU")
     device: str = option("auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps")
     batch_size: int = option(64, help="tiles per forward pass (default 64)")
     num_workers: int | None = option(help="DataLoader workers (default: 0 on CPU, else up to 8)")
@@ -141,7 +142,7 @@ def run_benchmark(benchmark: Benchmark | str, run: RunOptions, options: Any, *, 
         raise PathbenchError(f"--bench {benchmark.name} needs --model NAME (see `pathbench models`){hint}.")
     benchmark.check(options, data=run.data, has_model=not precomputed)
 
-    extractor, pooling, throughput = None, None, None
+    extractor, pooling, throughput, resolution = None, None, None, None
     if precomputed:
         inputs = benchmark.load_precomputed(options, run.data, cache_dir=run.cache_dir, progress=run.progress)
     else:
@@ -151,6 +152,7 @@ def run_benchmark(benchmark: Benchmark | str, run: RunOptions, options: Any, *, 
         pooling = run.pooling or benchmark.pooling or spec.pooling_for(benchmark.name)
         inputs = benchmark.prepare(options, run.data, cache_dir=run.cache_dir, progress=run.progress)
         extractor = load_run_extractor(run, pooling, inputs)
+        resolution = _resolution_note(extractor.spec, inputs)
         throughput = embed_inputs(extractor, inputs, pooling, run)
 
     out = results_dir(run, benchmark.name)
@@ -160,7 +162,11 @@ def run_benchmark(benchmark: Benchmark | str, run: RunOptions, options: Any, *, 
     context = RunContext(out_dir=out, previous=previous, device=_head_device(run.device), progress=run.progress,
                          model_name=run.label)
     result = benchmark.evaluate(inputs, options, context)
+    if resolution:
+        result.notes.append(resolution)
     record = _run_record(benchmark, run, options, inputs, result, extractor, pooling, throughput, started)
+    record["resolution"] = {"data_mpp": inputs.mpp, "model_mpp": extractor.spec.mpp if extractor else None,
+                            "warning": resolution}
     results = write_run(out, bench=benchmark.name, protocol=result.protocol, rows=result.rows, tables=result.tables,
                         record=record, headline=result.headline, summary=result.summary, model=run.label)
     for progress_file in out.glob(".*-partial-*"):  # a benchmark's resumable progress, now in the results
@@ -200,6 +206,18 @@ def load_run_extractor(run: RunOptions, pooling: str, inputs: Inputs | None = No
             raise PathbenchError(f"a fixed input size must be square for now; got {height} x {width}.")
         extractor = extractor.with_input_size(height, width)
     return extractor
+
+
+def _resolution_note(spec: Any, inputs: Inputs) -> str | None:
+    """The model card's training resolution against the data's, warned about once."""
+    import warnings
+
+    from pathbench.extractors import resolution_warning
+
+    message = resolution_warning(spec, inputs.mpp)
+    if message:
+        warnings.warn(message, stacklevel=3)
+    return message
 
 
 def embed_inputs(extractor: Any, inputs: Inputs, pooling: str, run: RunOptions) -> dict[str, Any]:

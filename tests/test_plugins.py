@@ -63,7 +63,7 @@ def plugin_root(tmp_path_factory):
 
 
 def test_installed_plugin_appears_in_models_json_with_its_origin(plugin_root):
-    result = _pathbench(plugin_root, "models", "acme*", "--json")
+    result = _pathbench(plugin_root, "models", "acme*", "--json", "--params")
     assert result.returncode == 0, result.stderr
     rows = json.loads(result.stdout)
     assert [row["name"] for row in rows] == ["acme-vit"]
