@@ -83,15 +83,34 @@ def long_form(bench: str, protocol: str, rows: pd.DataFrame) -> pd.DataFrame:
     return frame.reset_index(drop=True)
 
 
+def _csv_bytes(frame: pd.DataFrame) -> bytes:
+    return frame.to_csv(index=False, lineterminator="\n").encode("utf-8")
+
+
 def write_run(out_dir: str | Path, *, bench: str, protocol: str, rows: pd.DataFrame,
               tables: dict[str, pd.DataFrame], record: dict[str, Any], headline: dict[str, float | None],
-              summary: pd.DataFrame, model: str) -> Results:
-    """Write a run's files, ``run.json`` last; every file atomically."""
+              summary: pd.DataFrame, model: str, previous: dict[str, Any] | None = None) -> Results:
+    """Write a run's files atomically, ``run.json`` last.
+
+    When ``previous`` (the folder's earlier ``run.json``) is complete and every file would be
+    written with the same bytes, the folder is left untouched: a re-run of a finished run
+    reuses it as it is. Otherwise the old ``run.json`` is removed before the first file
+    changes, so the folder never pairs new files with an old record.
+    """
     out_dir = Path(out_dir)
-    for name, table in tables.items():
-        _io.write_csv(out_dir / name, table)
     frame = long_form(bench, protocol, rows)
-    _io.write_csv(out_dir / RESULTS_FILE, frame)
+    contents = {name: _csv_bytes(table) for name, table in tables.items()}
+    contents[RESULTS_FILE] = _csv_bytes(frame)
+    unchanged = all((out_dir / name).is_file() and (out_dir / name).read_bytes() == data
+                    for name, data in contents.items())
+    if unchanged and previous and previous.get("complete") and previous.get("protocol") == protocol:
+        return Results(bench=bench, model=model, protocol=protocol, out_dir=out_dir, run=previous, rows=frame,
+                       summary=summary, headline=headline, tables=dict(tables))
+    (out_dir / RUN_FILE).unlink(missing_ok=True)
+    for name, data in contents.items():
+        if not ((out_dir / name).is_file() and (out_dir / name).read_bytes() == data):
+            with _io.atomic_write(out_dir / name, "wb") as handle:
+                handle.write(data)
     record = {**record, "schema": SCHEMA_VERSION, "complete": True}
     _io.write_json(out_dir / RUN_FILE, record)
     return Results(bench=bench, model=model, protocol=protocol, out_dir=out_dir, run=record, rows=frame,

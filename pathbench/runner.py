@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import re
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -21,8 +22,9 @@ from typing import Any
 from pathbench.benches import get_benchmark, parse_bench
 from pathbench.benches.base import Benchmark, Granularity, Inputs, RunContext, option
 from pathbench.errors import PathbenchError
+from pathbench.locks import folder_lock
 from pathbench.results import Results, read_run_json, write_run
-from pathbench.settings import DEFAULT_RESULTS
+from pathbench.settings import DEFAULT_RESULTS, cache_root
 
 PRECISION_CHOICES = ("auto", "fp32", "fp16", "bf16")
 POOLING_CHOICES = ("cls", "mean", "cls+mean")
@@ -141,7 +143,17 @@ def run_benchmark(benchmark: Benchmark | str, run: RunOptions, options: Any, *, 
                 if benchmark.precomputed else "")
         raise PathbenchError(f"--bench {benchmark.name} needs --model NAME (see `pathbench models`){hint}.")
     benchmark.check(options, data=run.data, has_model=not precomputed)
+    out = results_dir(run, benchmark.name)
+    check_writable(out, "--out")
+    check_writable(cache_root(run.cache_dir), "--cache-dir")
+    with folder_lock(out, "evaluation"):
+        return _run_locked(benchmark, run, options, precomputed, out, started, echo)
 
+
+def _run_locked(benchmark: Benchmark, run: RunOptions, options: Any, precomputed: bool, out: Path, started: float,
+                echo: bool) -> Results:
+    for leftover in out.glob(".*.tmp"):  # an atomic write cut short by a kill; the lock says nobody owns it
+        leftover.unlink(missing_ok=True)
     extractor, pooling, throughput, resolution = None, None, None, None
     if precomputed:
         inputs = benchmark.load_precomputed(options, run.data, cache_dir=run.cache_dir, progress=run.progress)
@@ -155,10 +167,7 @@ def run_benchmark(benchmark: Benchmark | str, run: RunOptions, options: Any, *, 
         resolution = _resolution_note(extractor.spec, inputs)
         throughput = embed_inputs(extractor, inputs, pooling, run)
 
-    out = results_dir(run, benchmark.name)
     previous = read_run_json(out)
-    # the folder holds no "complete" record while it is being rewritten
-    (out / "run.json").unlink(missing_ok=True)
     context = RunContext(out_dir=out, previous=previous, device=_head_device(run.device), progress=run.progress,
                          model_name=run.label)
     result = benchmark.evaluate(inputs, options, context)
@@ -168,7 +177,8 @@ def run_benchmark(benchmark: Benchmark | str, run: RunOptions, options: Any, *, 
     record["resolution"] = {"data_mpp": inputs.mpp, "model_mpp": extractor.spec.mpp if extractor else None,
                             "warning": resolution}
     results = write_run(out, bench=benchmark.name, protocol=result.protocol, rows=result.rows, tables=result.tables,
-                        record=record, headline=result.headline, summary=result.summary, model=run.label)
+                        record=record, headline=result.headline, summary=result.summary, model=run.label,
+                        previous=previous)
     for progress_file in out.glob(".*-partial-*"):  # a benchmark's resumable progress, now in the results
         progress_file.unlink(missing_ok=True)
     if echo:
@@ -178,6 +188,22 @@ def run_benchmark(benchmark: Benchmark | str, run: RunOptions, options: Any, *, 
         files = ", ".join([*result.tables, "results.csv", "run.json"])
         print(f"\nresults: {out}/ ({files})")
     return results
+
+
+def check_writable(path: Path, flag: str) -> None:
+    """Fail now, not after the run, when ``path`` cannot be created or written."""
+    probe = Path(path).expanduser().absolute()
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise PathbenchError(f"{flag} {path}: {probe} is a file, so no folder can be made there; choose another "
+                             f"{flag}.")
+    try:
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as error:
+        raise PathbenchError(f"{flag} {path}: cannot write to {probe} ({error.strerror or error}); choose a folder "
+                             f"you can write with {flag}.") from None
 
 
 def _head_device(device: str) -> str:

@@ -420,3 +420,41 @@ def test_a_missing_features_dir_is_reported_before_any_download(tmp_path, capsys
     assert status == 2
     err = capsys.readouterr().err
     assert "no such folder" in err and "features.npy" in err and "download" not in err
+
+
+def test_a_file_or_a_missing_folder_as_data_is_said_before_any_fetch(tmp_path, capsys, monkeypatch):
+    def no_network(*args, **kwargs):
+        raise AssertionError("nothing may be fetched before the data is found")
+
+    monkeypatch.setattr(plism_data, "_download_bytes", no_network)
+    a_file = tmp_path / "slides.parquet"
+    a_file.write_text("x")
+    assert evaluate("--model", "vit-tiny-random", "--data", str(a_file)) == 2
+    assert "is a file; PLISM data is a folder" in capsys.readouterr().err
+    assert evaluate("--model", "vit-tiny-random", "--data", str(tmp_path / "absent")) == 2
+    assert "no such folder" in capsys.readouterr().err
+
+
+def test_local_data_offline_uses_its_own_tiles_and_says_so(small_folder, tmp_path, monkeypatch, capsys):
+    def offline(url):
+        raise OSError("Temporary failure in name resolution")
+
+    monkeypatch.setattr(plism_data, "_download_bytes", offline)
+    out = tmp_path / "out"
+    with pytest.warns(UserWarning, match="could not be fetched"):
+        assert evaluate("--model", "vit-tiny-random", "--data", str(small_folder), "--out", str(out)) == 0
+    run = json.loads((out / "run.json").read_text())
+    assert run["tile_subset"] == {"spec": "all"} and any("not comparable" in n for n in run["notes"])
+    # an explicit official subset is never replaced
+    assert evaluate("--model", "vit-tiny-random", "--data", str(small_folder), "--n-tiles", "8139",
+                    "--out", str(tmp_path / "other")) == 2
+    assert "could not download the official 8139-tile subset" in capsys.readouterr().err
+
+
+def test_synthetic_data_passed_as_a_folder_stays_labelled_synthetic(small_folder, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert evaluate("--model", "vit-tiny-random", "--data", str(small_folder), "--n-tiles", "all",
+                    "--out", str(out)) == 0
+    run = json.loads((out / "run.json").read_text())
+    assert run["synthetic"] is True and run["protocol"].startswith("plism-synthetic")
+    assert "NOT PLISM" in capsys.readouterr().out

@@ -24,6 +24,7 @@ import hashlib
 import json
 import math
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -206,14 +207,28 @@ class PlismBenchmark(Benchmark):
 
     def prepare(self, options: PlismOptions, data: str | None, *, cache_dir: str | None = None,
                 progress: bool = True) -> Inputs:
+        local = data not in (None, "hf", "hf-h5", "synthetic")
+        if local:  # a missing folder or a file is said before anything is fetched
+            plism_data.detect_folder_format(data)
         subset_spec = options.subset_spec(data)
+        notes = []
         # the subset is settled before the (possibly long) download of the slides
-        tile_subset = plism_data.load_tile_subset(subset_spec, cache_dir=cache_dir)
+        try:
+            tile_subset = plism_data.load_tile_subset(subset_spec, cache_dir=cache_dir)
+        except DataError as error:
+            if not local or options.tile_subset or options.n_tiles:
+                raise
+            # local data offline: its own tiles, said plainly (the run is then not plismbench's setting)
+            notes.append(f"the official {subset_spec}-tile subset could not be fetched ({error}); every tile of "
+                         f"the local data is used instead, so the results are not comparable with plismbench's "
+                         f"table. Pass --n-tiles all to choose this, or --tile-subset PATH.")
+            warnings.warn(notes[-1], stacklevel=2)
+            subset_spec, tile_subset = "all", None
         slides, source = open_plism(data, options.stainings, options.scanners, cache_dir, progress)
         slides = align_and_subset(slides, tile_subset)
         requests = {slide_id: DataRequest(dataset, desc=slide_id) for slide_id, dataset in slides.items()}
         context = {"slide_ids": list(slides), "n_tiles": len(next(iter(slides.values()))),
-                   "tile_subset": plism_data.subset_description(subset_spec, tile_subset)}
+                   "tile_subset": plism_data.subset_description(subset_spec, tile_subset), "notes": notes}
         source = {**source, "synthetic": source.get("kind") == "synthetic"}
         return Inputs(requests=requests, context=context, data=source, mpp=PLISM_MPP)
 
@@ -256,7 +271,7 @@ class PlismBenchmark(Benchmark):
         return BenchResult(rows=pair_rows(result.pairs), tables={"pairs.csv": result.pairs,
                                                                  "summary.csv": result.summary},
                            summary=result.summary, headline={"leaderboard_score": score}, protocol=protocol,
-                           protocol_detail=detail, record=record,
+                           protocol_detail=detail, record=record, notes=list(inputs.context.get("notes", [])),
                            report=format_table(result.summary, result.leaderboard_score, title=title))
 
 
@@ -339,6 +354,9 @@ def open_plism(
             )
         found = plism_data.open_parquet_folder(data) if kind == "parquet" else plism_data.open_h5_folder(data)
         source = {"kind": kind, "path": str(Path(data).expanduser().resolve())}
+        marker = Path(data).expanduser() / "synthetic_plism.json"
+        if marker.is_file():  # the simulated demo stays simulated wherever it is read from
+            source = {**source, **read_json(marker), "kind": "synthetic"}
     chosen = plism_data.select_slides(found, stainings, scanners)
     return {s: found[s] for s in chosen}, source
 

@@ -570,6 +570,11 @@ def open_h5_folder(root: str | os.PathLike) -> dict[str, H5PlismSlide]:
 def detect_folder_format(root: str | os.PathLike) -> str:
     """``"parquet"``, ``"h5"`` or ``"features"`` for a local folder; a clear error otherwise."""
     root = Path(root).expanduser()
+    if root.is_file():
+        raise DataError(
+            f"--data {root} is a file; PLISM data is a folder of parquet shards or .h5 files (one per slide). "
+            "Pass the folder that holds it, or --data hf / hf-h5 / synthetic."
+        )
     if not root.is_dir():
         raise DataError(
             f"--data {root}: no such folder. Use --data hf, --data hf-h5, --data synthetic, "
