@@ -11,10 +11,14 @@ TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 venv: $(STAMP)
 
 $(STAMP): pyproject.toml
+	@echo "==> creating the virtual environment in $(VENV) (once; make clean removes it)"
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q $(TORCH_PINS)
-	$(BIN)/python -m pip install -q -e ".[cpu,dev]"
+	@echo "==> installing PyTorch ($(TORCH_PINS)): the largest step, about a minute"
+	$(BIN)/python -m pip install -q --progress-bar on $(TORCH_PINS)
+	@echo "==> installing pathbench and its dependencies (timm, transformers, FAISS, ...): about a minute"
+	$(BIN)/python -m pip install -q --progress-bar on -e ".[cpu,dev]"
+	@echo "==> environment ready"
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -17,14 +17,16 @@ import re
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pathbench.benches import get_benchmark, parse_bench
 from pathbench.benches.base import Benchmark, Granularity, Inputs, RunContext, option
 from pathbench.errors import PathbenchError
 from pathbench.locks import folder_lock
-from pathbench.results import Results, read_run_json, write_run
 from pathbench.settings import DEFAULT_RESULTS, cache_root
+
+if TYPE_CHECKING:  # pandas (through the results schema) is imported when a run starts, not for `--help`
+    from pathbench.results import Results
 
 PRECISION_CHOICES = ("auto", "fp32", "fp16", "bf16")
 POOLING_CHOICES = ("cls", "mean", "cls+mean")
@@ -152,6 +154,8 @@ def run_benchmark(benchmark: Benchmark | str, run: RunOptions, options: Any, *, 
 
 def _run_locked(benchmark: Benchmark, run: RunOptions, options: Any, precomputed: bool, out: Path, started: float,
                 echo: bool) -> Results:
+    from pathbench.results import read_run_json, write_run
+
     for leftover in out.glob(".*.tmp"):  # an atomic write cut short by a kill; the lock says nobody owns it
         leftover.unlink(missing_ok=True)
     extractor, pooling, throughput, resolution = None, None, None, None

@@ -21,12 +21,13 @@ import dataclasses
 import enum
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, ClassVar
-
-import numpy as np
-import pandas as pd
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pathbench.errors import PathbenchError
+
+if TYPE_CHECKING:  # importing them costs a third of a second that `pathbench --help` need not pay
+    import numpy as np
+    import pandas as pd
 
 RESULT_COLUMNS = ("task", "unit", "metric", "value")
 
@@ -350,6 +351,9 @@ class BenchResult:
 
 def result_rows(records: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     """Long-form rows from dicts with ``task, unit, metric, value`` (units become strings)."""
+    import numpy as np
+    import pandas as pd
+
     frame = pd.DataFrame.from_records(list(records), columns=list(RESULT_COLUMNS))
     frame["task"] = frame["task"].astype(str)
     frame["unit"] = frame["unit"].astype(str)
