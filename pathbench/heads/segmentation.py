@@ -1,0 +1,548 @@
+"""eva's semantic-segmentation decoders and their training on a frozen encoder.
+
+The decoders are kaiko eva's (``eva.vision.models.networks.decoders.segmentation``), layer for
+layer and with the same parameter names, so an eva decoder checkpoint loads into them:
+
+- :class:`ConvDecoderWithImage` (eva's online configs ``consep.yaml`` and ``monusac.yaml``,
+  the ones its leaderboard reports): nearest 2x upsampling of the token grid, conv 3x3 to 64
+  + BatchNorm + ReLU, bilinear interpolation to the image size, concatenation with the
+  (normalised) input image, twice conv 3x3 + BatchNorm + ReLU to 32, a 1x1 classifier;
+- :class:`ConvDecoderMS` (eva's offline configs, trained on stored embeddings): nearest 2x
+  upsampling, conv 3x3 to 64, nearest 2x upsampling, conv 3x3 to the classes, bilinear
+  interpolation to the image size. No image input, no normalisation, no activation.
+
+The encoder side is a ViT's last-layer patch tokens as a ``(C, h, w)`` grid
+(:func:`tokens_to_grid`): class token and registers dropped, tokens in row-major order.
+(eva builds timm models with ``features_only=True, out_indices=1``, whose grid is the last
+block's output *before* the final norm; its Hugging Face models use ``last_hidden_state``,
+after it.)
+
+Training (eva's ``SemanticSegmentationModule`` under Lightning, as its configs set it):
+``EvaDiceLoss`` (MONAI ``DiceLoss(softmax=True, batch=True)``), ``torch.optim.AdamW(lr=0.002)``
+(weight decay 0.01), the module's default ``ConstantLR`` (lr / 3 during the first 5 epochs,
+stepped per epoch), batch 64 over shuffled items (the last batch of an epoch may be smaller),
+at most 2,000 optimiser steps, validation after every complete epoch with eva's
+``MonaiDiceScore``, early stopping with patience 200 (CoNSeP) or 100 (MoNuSAC) validations,
+the best-validation decoder kept and scored, 5 independent runs (run ``r`` is seeded with
+``seed + r``: decoder initialisation, shuffling and random crops).
+
+Two ways to feed it, never to be ranked together:
+
+- :class:`CachedSplit` (the ``cached`` protocol): token grids, resized images and masks of a
+  deterministic transform, stored once; only the decoder runs per step;
+- :class:`CropSplit` (the ``eva`` protocol): source images and masks, cropped per step
+  (``RandomResizedCrop`` for eva's MoNuSAC training split) and encoded online by ``encoder``.
+  A validation split is always deterministic in eva, so it is encoded once.
+For CoNSeP, whose eva transforms are all deterministic, both give the same numbers.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+from tqdm.auto import tqdm
+
+from pathbench.errors import PathbenchError
+from pathbench.heads.dice import EvaDiceLoss, MonaiDiceScore
+from pathbench.heads.linear import BatchedEarlyStopping, ProbeProtocol, epoch_learning_rate, epoch_permutation
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # eva's NORMALIZE_MEAN / NORMALIZE_STD defaults
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# eva's online segmentation configs: lr 0.002, batch 64, 2,000 steps, 5 runs; patience in validations.
+CONSEP_PROTOCOL = ProbeProtocol(lr=2e-3, batch_size=64, max_steps=2_000, patience=200, runs=5)
+MONUSAC_PROTOCOL = dataclasses.replace(CONSEP_PROTOCOL, patience=100)
+
+
+# --------------------------------------------------------------------------------------
+# Encoder tokens -> grid
+
+
+def patch_grid(image_hw: tuple[int, int], patch_size: int | tuple[int, int]) -> tuple[int, int]:
+    """``(h, w)`` of the token grid of an ``image_hw`` input: ``(H // patch_h, W // patch_w)``."""
+    patch_h, patch_w = (patch_size, patch_size) if isinstance(patch_size, int) else patch_size
+    return image_hw[0] // patch_h, image_hw[1] // patch_w
+
+
+def tokens_to_grid(tokens: torch.Tensor, num_prefix_tokens: int, grid_hw: tuple[int, int]) -> torch.Tensor:
+    """A ViT's output tokens as a feature map.
+
+    Args:
+        tokens: ``(B, T, C)``: ``num_prefix_tokens`` leading tokens (class token, registers),
+            then ``h * w`` patch tokens in row-major order.
+        num_prefix_tokens: leading tokens to drop.
+        grid_hw: ``(h, w)`` patch grid (see :func:`patch_grid`); need not be square.
+
+    Returns:
+        ``(B, C, h, w)``, same dtype and device.
+    """
+    if tokens.ndim != 3:
+        raise PathbenchError(f"expected tokens of shape (B, T, C), got {tuple(tokens.shape)}.")
+    height, width = grid_hw
+    patches = tokens.shape[1] - num_prefix_tokens
+    if patches != height * width:
+        raise PathbenchError(
+            f"{tokens.shape[1]} tokens minus {num_prefix_tokens} prefix tokens leave {patches} patch tokens, "
+            f"but a {height} x {width} grid needs {height * width}; check the model's patch size and input size."
+        )
+    patch_tokens = tokens[:, num_prefix_tokens:]
+    return patch_tokens.reshape(tokens.shape[0], height, width, tokens.shape[2]).permute(0, 3, 1, 2)
+
+
+# --------------------------------------------------------------------------------------
+# Decoders (eva's, with eva's module names)
+
+
+class Conv2dBnReLU(nn.Sequential):
+    """Conv 3x3 (padding 1) + BatchNorm + ReLU."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, padding: int = 1) -> None:
+        super().__init__(
+            nn.Conv2d(in_channels, out_channels, kernel_size=kernel_size, padding=padding),
+            nn.BatchNorm2d(out_channels),
+            nn.ReLU(inplace=True),
+        )
+
+
+class _Decoder2D(nn.Module):
+    """eva's ``Decoder2D``: combine feature maps, apply ``_layers``, interpolate to the image size."""
+
+    needs_images = False
+
+    def __init__(self, layers: nn.Module) -> None:
+        super().__init__()
+        self._layers = layers
+
+    @staticmethod
+    def _combine(features: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
+        maps = [features] if isinstance(features, torch.Tensor) else list(features)
+        if not maps or any(m.ndim != 4 for m in maps):
+            raise PathbenchError("decoder features must be (B, C, h, w) tensors (or a list of them).")
+        size = maps[0].shape[2:]
+        # eva resizes every map to the first one's size; a map already that size is unchanged
+        resized = [m if m.shape[2:] == size else F.interpolate(m, size=size, mode="bilinear", align_corners=False)
+                   for m in maps]
+        return resized[0] if len(resized) == 1 else torch.cat(resized, dim=1)
+
+    def _logits(self, features, image_size: tuple[int, int]) -> torch.Tensor:
+        return F.interpolate(self._layers(self._combine(features)), tuple(image_size), mode="bilinear")
+
+    def forward(self, features: torch.Tensor | Sequence[torch.Tensor], image_size: tuple[int, int] | None = None,
+                images: torch.Tensor | None = None) -> torch.Tensor:
+        """``features (B, C, h, w)`` -> logits ``(B, num_classes, H, W)`` at ``image_size``."""
+        if image_size is None:
+            if images is None:
+                raise PathbenchError("the decoder needs image_size or images to know the output size.")
+            image_size = tuple(images.shape[-2:])
+        return self._logits(features, image_size)
+
+
+class ConvDecoderMS(_Decoder2D):
+    """eva's ``ConvDecoderMS`` (after DINOv2's ``+ms`` head), used by eva's offline configs."""
+
+    def __init__(self, in_features: int, num_classes: int) -> None:
+        super().__init__(nn.Sequential(
+            nn.Upsample(scale_factor=2),
+            nn.Conv2d(in_features, 64, kernel_size=(3, 3), padding=(1, 1)),
+            nn.Upsample(scale_factor=2),
+            nn.Conv2d(64, num_classes, kernel_size=(3, 3), padding=(1, 1)),
+        ))
+
+
+class ConvDecoderWithImage(_Decoder2D):
+    """eva's ``ConvDecoderWithImage`` (hidden dims 64, 32, 32), used by eva's online configs.
+
+    ``forward(features, image_size, images)``: ``images`` are the normalised ``(B, 3, H, W)``
+    inputs the encoder saw (``greyscale=True``: their grey level only).
+    """
+
+    needs_images = True
+
+    def __init__(self, in_features: int, num_classes: int, greyscale: bool = False,
+                 hidden_dims: Sequence[int] = (64, 32, 32)) -> None:
+        if len(hidden_dims) != 3:
+            raise PathbenchError(f"hidden_dims must have 3 elements, got {list(hidden_dims)}.")
+        super().__init__(nn.Sequential(nn.Upsample(scale_factor=2), Conv2dBnReLU(in_features, hidden_dims[0])))
+        self.greyscale = greyscale
+        self.image_block = nn.Sequential(
+            Conv2dBnReLU(hidden_dims[0] + (1 if greyscale else 3), hidden_dims[1]),
+            Conv2dBnReLU(hidden_dims[1], hidden_dims[2]),
+        )
+        self.classifier = nn.Conv2d(hidden_dims[2], num_classes, kernel_size=1)
+
+    def forward(self, features, image_size=None, images=None) -> torch.Tensor:
+        if images is None:
+            raise PathbenchError("ConvDecoderWithImage needs the input images.")
+        from torchvision.transforms.functional import rgb_to_grayscale
+
+        logits = super().forward(features, image_size if image_size is not None else tuple(images.shape[-2:]))
+        logits = torch.cat([logits, rgb_to_grayscale(images) if self.greyscale else images], dim=1)
+        return self.classifier(self.image_block(logits))
+
+
+DECODERS: dict[str, type[_Decoder2D]] = {"conv_with_image": ConvDecoderWithImage, "conv_ms": ConvDecoderMS}
+
+
+def build_decoder(name: str, in_features: int, num_classes: int) -> _Decoder2D:
+    """One of :data:`DECODERS` (``conv_with_image``: eva's online configs; ``conv_ms``: its offline ones)."""
+    if name not in DECODERS:
+        raise PathbenchError(f"unknown decoder {name!r}; expected one of {', '.join(DECODERS)}.")
+    return DECODERS[name](in_features, num_classes)
+
+
+# --------------------------------------------------------------------------------------
+# Training inputs
+
+
+@dataclasses.dataclass
+class CachedSplit:
+    """A split whose encoder outputs are stored (the ``cached`` protocol).
+
+    Attributes:
+        grids: ``(N, C, h, w)`` float32 token grids of the transformed images.
+        masks: ``(N, S, S)`` int64 labels after the same transform.
+        images: ``(N, 3, S, S)`` uint8 transformed images (``None`` for ``conv_ms``, which does
+            not see them).
+    """
+
+    grids: Any
+    masks: Any
+    images: Any = None
+
+
+@dataclasses.dataclass
+class CropSplit:
+    """A split cropped from its source images at every step and encoded online (the ``eva`` protocol).
+
+    Attributes:
+        images: source images, each ``(H, W, 3)`` uint8 (sizes may differ).
+        masks: their labels, each ``(H, W)`` integer.
+        crop: ``"resize_and_crop"`` (eva's ``ResizeAndCrop``) or ``"random_resized_crop"``
+            (torchvision's ``RandomResizedCrop``, eva's MoNuSAC training transform).
+        size: output side in pixels (224 in eva).
+    """
+
+    images: Sequence[np.ndarray]
+    masks: Sequence[np.ndarray]
+    crop: str = "resize_and_crop"
+    size: int = 224
+
+    @classmethod
+    def from_dataset(cls, dataset, crop: str = "resize_and_crop", size: int = 224) -> CropSplit:
+        """Load every item of a :class:`~pathbench.data.segmentation.SegmentationDataset`."""
+        pairs = [dataset.item(i) for i in range(len(dataset))]
+        return cls([p[0] for p in pairs], [p[1] for p in pairs], crop, size)
+
+    def crop_item(self, index: int, generator: torch.Generator) -> tuple[np.ndarray, np.ndarray]:
+        from pathbench.data.segmentation import random_resized_crop_pair, resize_and_crop_pair
+
+        if self.crop == "resize_and_crop":
+            return resize_and_crop_pair(self.images[index], self.masks[index], self.size)
+        if self.crop == "random_resized_crop":
+            return random_resized_crop_pair(self.images[index], self.masks[index], generator, self.size)
+        raise PathbenchError(f"unknown crop {self.crop!r}; expected 'resize_and_crop' or 'random_resized_crop'.")
+
+
+def normalise_images(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """eva's ``ToDtype(float32, scale=True)`` then ``Normalize(mean, std)``: ``(B, 3, H, W)`` uint8 -> float32."""
+    from torchvision.transforms.v2 import functional as TF
+
+    return TF.normalize(TF.to_dtype(images, torch.float32, scale=True), list(mean), list(std))
+
+
+@dataclasses.dataclass
+class _Tensors:
+    grids: torch.Tensor  # (N, C, h, w) float32
+    masks: torch.Tensor  # (N, S, S) int64
+    images: torch.Tensor | None  # (N, 3, S, S) float32, normalised
+
+
+def _as_tensor(x, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    if isinstance(x, torch.Tensor):
+        return x.detach().to(device=device, dtype=dtype)
+    array = np.asarray(x)
+    if not array.flags.writeable:  # e.g. a read-only memory map of the feature cache
+        array = array.copy()
+    return torch.as_tensor(array).to(device=device, dtype=dtype)
+
+
+def _encode(encoder: Callable[[torch.Tensor], torch.Tensor], pixels: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        grids = encoder(pixels)
+    if not isinstance(grids, torch.Tensor) or grids.ndim != 4 or grids.shape[0] != pixels.shape[0]:
+        shape = tuple(grids.shape) if isinstance(grids, torch.Tensor) else type(grids).__name__
+        raise PathbenchError(f"the encoder must map (B, 3, H, W) images to (B, C, h, w) grids, got {shape}.")
+    # inference-mode outputs cannot enter autograd; a plain copy can
+    return grids.clone() if grids.is_inference() else grids.detach()
+
+
+class _Inputs:
+    """Batches of (grids, images, masks) for one split, from cache or cropped and encoded online."""
+
+    def __init__(self, split: CachedSplit | CropSplit, *, encoder, mean, std, num_classes: int,
+                 ignore_index: int | None, need_images: bool, device: torch.device, batch_size: int,
+                 name: str) -> None:
+        self.device, self.encoder, self.mean, self.std = device, encoder, mean, std
+        self.need_images = need_images
+        self.online = isinstance(split, CropSplit)
+        self.name = name
+        if self.online and encoder is None:
+            raise PathbenchError(f"the {name} split is cropped online (CropSplit) and needs an encoder.")
+        if not isinstance(split, (CachedSplit, CropSplit)):
+            raise PathbenchError(f"{name}: expected a CachedSplit or a CropSplit, got {type(split).__name__}.")
+        if self.online:
+            self.split = split
+            self.n = len(split.images)
+            if len(split.masks) != self.n:
+                raise PathbenchError(f"{name}: {self.n} images but {len(split.masks)} masks.")
+            masks = [np.asarray(m) for m in split.masks]
+        else:
+            self.tensors = _Tensors(
+                _as_tensor(split.grids, torch.float32, device),
+                _as_tensor(split.masks, torch.int64, device),
+                None if split.images is None or not need_images else
+                normalise_images(_as_tensor(split.images, torch.uint8, device), mean, std),
+            )
+            self.n = self.tensors.grids.shape[0]
+            self._check_cached()
+            masks = [self.tensors.masks.cpu().numpy()]
+        if self.n == 0:
+            raise PathbenchError(f"the {name} split is empty.")
+        for m in masks:
+            _check_mask_values(m, num_classes, ignore_index, name)
+
+    def _check_cached(self) -> None:
+        t = self.tensors
+        if t.grids.ndim != 4 or t.masks.ndim != 3 or t.masks.shape[0] != self.n:
+            raise PathbenchError(f"{self.name}: expected grids (N, C, h, w) and masks (N, S, S), "
+                                 f"got {tuple(t.grids.shape)} and {tuple(t.masks.shape)}.")
+        if self.need_images:
+            if t.images is None:
+                raise PathbenchError(f"{self.name}: the conv_with_image decoder needs the images of a CachedSplit.")
+            if t.images.shape[0] != self.n or tuple(t.images.shape[2:]) != tuple(t.masks.shape[1:]):
+                raise PathbenchError(f"{self.name}: images {tuple(t.images.shape)} do not match masks "
+                                     f"{tuple(t.masks.shape)}; expected (N, 3, S, S) and (N, S, S).")
+        if not torch.isfinite(t.grids).all():
+            raise PathbenchError(f"{self.name}: token grids contain NaN or infinite values.")
+
+    def batch(self, index: torch.Tensor, generator: torch.Generator | None = None):
+        """``(grids, images or None, masks)`` of the items ``index`` on the device."""
+        if not self.online:
+            idx = index.to(self.device)
+            t = self.tensors
+            return t.grids[idx], None if t.images is None else t.images[idx], t.masks[idx]
+        pairs = [self.split.crop_item(int(i), generator) for i in index]
+        pixels = torch.from_numpy(np.stack([image.transpose(2, 0, 1) for image, _ in pairs])).to(self.device)
+        masks = torch.from_numpy(np.stack([mask for _, mask in pairs]).astype(np.int64)).to(self.device)
+        images = normalise_images(pixels, self.mean, self.std)
+        return _encode(self.encoder, images), images if self.need_images else None, masks
+
+    def cached(self, batch_size: int) -> _Inputs:
+        """This split with deterministic crops encoded once (validation needs nothing else)."""
+        if not self.online:
+            return self
+        if self.split.crop != "resize_and_crop":
+            raise PathbenchError(f"the {self.name} split must use the deterministic 'resize_and_crop'.")
+        parts = [self.batch(torch.arange(s, min(s + batch_size, self.n))) for s in range(0, self.n, batch_size)]
+        other = copy.copy(self)
+        other.online = False
+        other.tensors = _Tensors(torch.cat([p[0] for p in parts]),
+                                 torch.cat([p[2] for p in parts]),
+                                 torch.cat([p[1] for p in parts]) if self.need_images else None)
+        return other
+
+    def in_features(self, generator: torch.Generator) -> int:
+        if not self.online:
+            return int(self.tensors.grids.shape[1])
+        return int(self.batch(torch.arange(1), generator)[0].shape[1])
+
+
+def _check_mask_values(mask: np.ndarray, num_classes: int, ignore_index: int | None, name: str) -> None:
+    valid = (mask >= 0) & (mask < num_classes)
+    if ignore_index is not None:
+        valid |= mask == ignore_index
+    if not valid.all():
+        bad = np.unique(mask[~valid])[:5].tolist()
+        raise PathbenchError(f"{name}: mask labels {bad} are outside 0..{num_classes - 1}"
+                             + (f" and the ignore index {ignore_index}." if ignore_index is not None else "."))
+
+
+# --------------------------------------------------------------------------------------
+# Training
+
+
+def _metric_classes(num_classes: int, ignore_index: int | None) -> int:
+    return num_classes if ignore_index is None else max(num_classes, ignore_index + 1)
+
+
+@torch.no_grad()
+def evaluate_decoder(decoder: _Decoder2D, data: _Inputs, num_classes: int, ignore_index: int | None,
+                     batch_size: int, per_class: bool = True) -> tuple[float, np.ndarray | None]:
+    """eva's score of a decoder on a (cached) split: ``(MonaiDiceScore, per-class Dice incl. background)``.
+
+    The per-class values (``per_class=True``) are eva's ``ClasswiseWrapper`` logs: one per
+    class left after dropping the ignored one; ``None`` otherwise.
+    """
+    decoder.eval()
+    classes = _metric_classes(num_classes, ignore_index)
+    score = MonaiDiceScore(classes, include_background=False, ignore_index=ignore_index)
+    classwise = MonaiDiceScore(classes, include_background=True, ignore_index=ignore_index, reduction="none")
+    for start in range(0, data.n, batch_size):
+        grids, images, masks = data.batch(torch.arange(start, min(start + batch_size, data.n)))
+        preds = decoder(grids, tuple(masks.shape[-2:]), images).argmax(dim=1)
+        score.update(preds, masks)
+        if per_class:
+            classwise.update(preds, masks)
+    values = classwise.compute().cpu().numpy().astype(np.float64) if per_class else None
+    return float(score.compute()), values
+
+
+def _crop_generator(seed: int) -> torch.Generator:
+    # a stream of its own, so that random crops never change the shuffling
+    return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, 1]).generate_state(1)[0]))
+
+
+def fit_decoder_run(run: int, train: _Inputs, val: _Inputs, *, in_features: int, num_classes: int,
+                    ignore_index: int | None, decoder: str, protocol: ProbeProtocol, device: torch.device,
+                    progress: bool = False) -> tuple[dict[str, Any], _Decoder2D]:
+    """One run of eva's protocol; returns its row and the best-validation decoder (in eval mode)."""
+    p = protocol
+    seed = p.seed + run
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = build_decoder(decoder, in_features, num_classes)
+    model.to(device)
+    optimiser = torch.optim.AdamW(model.parameters(), lr=epoch_learning_rate(p, 0), betas=p.betas, eps=p.eps,
+                                  weight_decay=p.weight_decay)
+    loss_fn = EvaDiceLoss(ignore_index)
+    shuffle, crops = torch.Generator().manual_seed(seed), _crop_generator(seed)
+    stopper = BatchedEarlyStopping(1, p.patience)
+    steps_per_epoch = math.ceil(train.n / p.batch_size)
+    best_state, best_step, best_epoch = None, -1, -1
+    step = epoch = 0
+    bar = tqdm(total=p.max_steps, desc=f"decoder run {run}", unit="step", disable=not progress, leave=False)
+    while step < p.max_steps:
+        for group in optimiser.param_groups:
+            group["lr"] = epoch_learning_rate(p, epoch)
+        order = epoch_permutation(shuffle, train.n)
+        completed = True
+        model.train()
+        for b in range(steps_per_epoch):
+            grids, images, masks = train.batch(order[b * p.batch_size : (b + 1) * p.batch_size], crops)
+            loss = loss_fn(model(grids, tuple(masks.shape[-2:]), images), masks)
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            step += 1
+            bar.update(1)
+            if step >= p.max_steps:
+                completed = b == steps_per_epoch - 1
+                break
+        if not completed:
+            break  # Lightning does not validate an epoch cut short by max_steps
+        score, _ = evaluate_decoder(model, val, num_classes, ignore_index, p.batch_size, per_class=False)
+        improved, stop = stopper.update([0], [score])
+        if improved[0]:
+            best_state = copy.deepcopy(model.state_dict())
+            best_step, best_epoch = step, epoch
+        if stop[0]:
+            break
+        epoch += 1
+    bar.close()
+    if best_state is not None:  # never validated (max_steps shorter than one epoch): the last state
+        model.load_state_dict(best_state)
+    else:
+        best_step = step
+    val_dice, per_class = evaluate_decoder(model, val, num_classes, ignore_index, p.batch_size)
+    row = {
+        "run": run,
+        "seed": seed,
+        "inputs": "online" if train.online else "cached",
+        "decoder": decoder,
+        "val_dice": val_dice,
+        "best_val_score": float(stopper.best[0]),
+        "best_step": best_step,
+        "best_epoch": best_epoch,
+        "stop_step": step,
+        "steps_per_epoch": steps_per_epoch,
+        "per_class_dice": per_class,
+    }
+    return row, model
+
+
+def train_segmentation(
+    train: CachedSplit | CropSplit,
+    val: CachedSplit | CropSplit,
+    *,
+    num_classes: int,
+    ignore_index: int | None = None,
+    decoder: str = "conv_with_image",
+    protocol: ProbeProtocol = CONSEP_PROTOCOL,
+    encoder: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+    runs: Sequence[int] | None = None,
+    class_names: Sequence[str] | None = None,
+    device: str | torch.device = "auto",
+    progress: bool = False,
+) -> list[dict[str, Any]]:
+    """Train eva's decoder ``protocol.runs`` times and score each best-validation checkpoint.
+
+    Args:
+        train, val: :class:`CachedSplit` or :class:`CropSplit` (a ``CropSplit`` needs ``encoder``;
+            a validation ``CropSplit`` must be ``resize_and_crop`` and is encoded once).
+        num_classes: decoder outputs (CoNSeP 5, MoNuSAC 5); mask labels lie in
+            ``[0, num_classes)`` or equal ``ignore_index``.
+        ignore_index: eva's ignore index (MoNuSAC: 5), or None.
+        decoder: ``"conv_with_image"`` (eva's online configs) or ``"conv_ms"`` (offline configs).
+        protocol: :data:`CONSEP_PROTOCOL` or :data:`MONUSAC_PROTOCOL` (or smaller, for demos).
+        encoder: ``(B, 3, H, W)`` normalised float32 images on the device -> ``(B, C, h, w)``
+            token grids; called without gradients.
+        mean, std: image normalisation (the model's; eva's default is ImageNet's); the decoder
+            sees the normalised images, as in eva.
+        runs: which run indices to train (default all ``protocol.runs``); run ``r`` always gives
+            the same row, so runs can be trained and saved one at a time.
+        class_names: names for the per-class columns (default ``class_0``, ...).
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``...
+
+    Returns:
+        One row per run: ``run``, ``seed``, ``inputs`` (``cached``/``online``), ``decoder``,
+        ``val_dice`` (eva's ``MonaiDiceScore`` of the best checkpoint), ``best_val_score``,
+        ``best_step``, ``best_epoch``, ``stop_step``, ``steps_per_epoch`` and ``dice_<class>``
+        for every class (eva's per-class logs, background included; NaN for a class never present).
+    """
+    from pathbench.extractors.base import resolve_device
+
+    device = resolve_device(device)
+    if decoder not in DECODERS:
+        raise PathbenchError(f"unknown decoder {decoder!r}; expected one of {', '.join(DECODERS)}.")
+    need_images = DECODERS[decoder].needs_images
+    common = dict(encoder=encoder, mean=mean, std=std, num_classes=num_classes, ignore_index=ignore_index,
+                  need_images=need_images, device=device, batch_size=protocol.batch_size)
+    train_inputs = _Inputs(train, name="train", **common)
+    val_inputs = _Inputs(val, name="val", **common).cached(protocol.batch_size)
+    in_features = train_inputs.in_features(torch.Generator().manual_seed(protocol.seed))
+    if in_features != val_inputs.in_features(torch.Generator()):
+        raise PathbenchError(f"train grids have {in_features} channels, val grids "
+                             f"{val_inputs.in_features(torch.Generator())}; they must come from one encoder.")
+    metric_classes = _metric_classes(num_classes, ignore_index)
+    names = list(class_names) if class_names is not None else [f"class_{i}" for i in range(metric_classes)]
+    rows = []
+    for run in (range(protocol.runs) if runs is None else runs):
+        row, _ = fit_decoder_run(run, train_inputs, val_inputs, in_features=in_features, num_classes=num_classes,
+                                 ignore_index=ignore_index, decoder=decoder, protocol=protocol, device=device,
+                                 progress=progress)
+        per_class = row.pop("per_class_dice")
+        # eva drops the ignored channel; its per-class values name the remaining classes in order
+        kept = [n for i, n in enumerate(names[:metric_classes]) if i != ignore_index]
+        row.update({f"dice_{name}": float(value) for name, value in zip(kept, per_class, strict=False)})
+        rows.append(row)
+    return rows
