@@ -103,7 +103,7 @@ def files_digest(root: Path, paths: Sequence[Path], extra: str) -> str:
 
 
 def _mask_tensor(mask: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(mask, dtype=np.int64))[None]  # (1, H, W)
+    return torch.from_numpy(np.array(mask, dtype=np.int64))[None]  # (1, H, W), a writable copy
 
 
 def resize_and_crop_pair(image: np.ndarray, mask: np.ndarray,
@@ -174,7 +174,7 @@ def random_resized_crop_pair(image: np.ndarray, mask: np.ndarray, generator: tor
     from torchvision.transforms.v2 import functional as TF
 
     top, left, crop_h, crop_w = random_resized_crop_box(image.shape[0], image.shape[1], generator)
-    chw = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+    chw = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)  # a writable copy
     chw = TF.resized_crop(chw, top, left, crop_h, crop_w, [size, size],
                           interpolation=InterpolationMode.BILINEAR, antialias=True)
     labels = TF.resized_crop(_mask_tensor(mask), top, left, crop_h, crop_w, [size, size],

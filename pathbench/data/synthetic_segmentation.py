@@ -33,6 +33,7 @@ Open them with ``strict=False``: they hold fewer images than the real datasets.
 
 from __future__ import annotations
 
+import io
 import os
 import xml.etree.ElementTree as ElementTree
 from pathlib import Path
@@ -140,8 +141,6 @@ def _split_mosaics(mosaics: list[np.ndarray], rng: np.random.Generator) -> tuple
 
 
 def _write_consep(folder: Path, rng: np.random.Generator, sizes: dict[str, int]) -> None:
-    import scipy.io
-
     mosaics = tissue_mosaics()
     train_ids, test_ids = _split_mosaics(mosaics, rng)
     for split, split_folder, prefix, pool in (("train", "Train", "train", train_ids), ("val", "Test", "test", test_ids)):
@@ -157,9 +156,21 @@ def _write_consep(folder: Path, rng: np.random.Generator, sizes: dict[str, int])
             name = f"{prefix}_{n + 1}"
             Image.fromarray(image[window]).save(folder / split_folder / "Images" / f"{name}.png")
             # MATLAB stores label maps as double; CoNSeP's readers take any integer-valued numbers
-            scipy.io.savemat(folder / split_folder / "Labels" / f"{name}.mat",
-                             {"type_map": types[instances[window]].astype(np.float64),
-                              "inst_map": instances[window].astype(np.float64)}, do_compression=True)
+            _save_mat(folder / split_folder / "Labels" / f"{name}.mat",
+                      {"type_map": types[instances[window]].astype(np.float64),
+                       "inst_map": instances[window].astype(np.float64)})
+
+
+def _save_mat(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """``scipy.io.savemat`` (MAT 5, compressed) with a fixed header text instead of the creation time,
+    so that the same labels always give the same bytes."""
+    import scipy.io
+
+    buffer = io.BytesIO()
+    scipy.io.savemat(buffer, arrays, do_compression=True)
+    content = bytearray(buffer.getvalue())
+    content[:116] = b"MATLAB 5.0 MAT-file, written by pathbench".ljust(116)  # the free-text description field
+    path.write_bytes(bytes(content))
 
 
 def _ellipse(f: dict[str, float], vertices: int = 16) -> np.ndarray:
