@@ -18,6 +18,7 @@ from pathbench.heads.segmentation import (
     ConvDecoderMS,
     ConvDecoderWithImage,
     CropSplit,
+    grid_from_tokens,
     normalise_images,
     patch_grid,
     tokens_to_grid,
@@ -46,6 +47,14 @@ def test_patch_grid_handles_patch_sizes_other_than_16():
     assert patch_grid((224, 224), 14) == (16, 16)
     assert patch_grid((224, 224), 8) == (28, 28)
     assert patch_grid((224, 224), (16, 8)) == (14, 28)
+
+
+def test_the_grid_can_be_read_from_the_token_count():
+    assert grid_from_tokens(256, (224, 224)) == (16, 16)  # patch 14
+    assert grid_from_tokens(784, (224, 224)) == (28, 28)  # patch 8
+    assert grid_from_tokens(24, (64, 96)) == (4, 6)
+    with pytest.raises(PathbenchError, match="do not tile"):
+        grid_from_tokens(200, (224, 224))
 
 
 def test_tokens_to_grid_matches_timm_feature_maps_of_a_non_square_vit_with_registers():

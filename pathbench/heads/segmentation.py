@@ -72,6 +72,22 @@ def patch_grid(image_hw: tuple[int, int], patch_size: int | tuple[int, int]) -> 
     return image_hw[0] // patch_h, image_hw[1] // patch_w
 
 
+def grid_from_tokens(num_patch_tokens: int, image_hw: tuple[int, int]) -> tuple[int, int]:
+    """The ``(h, w)`` grid of ``num_patch_tokens`` square patches tiling an ``image_hw`` input.
+
+    For when the patch size is not at hand: the patch side is ``sqrt(H * W / n)``; a count
+    that no square patch size explains is an error.
+    """
+    height, width = image_hw
+    if num_patch_tokens > 0:
+        side = math.sqrt(height * width / num_patch_tokens)
+        grid = (round(height / side), round(width / side))
+        if grid[0] * grid[1] == num_patch_tokens:
+            return grid
+    raise PathbenchError(f"{num_patch_tokens} patch tokens do not tile a {height} x {width} input with square "
+                         "patches; pass the grid size explicitly.")
+
+
 def tokens_to_grid(tokens: torch.Tensor, num_prefix_tokens: int, grid_hw: tuple[int, int]) -> torch.Tensor:
     """A ViT's output tokens as a feature map.
 
