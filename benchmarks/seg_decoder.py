@@ -49,7 +49,7 @@ def make_encoder(extractor):
 
 
 def cache_split(split: CropSplit, encoder, mean, std, device, batch_size: int) -> CachedSplit:
-    pairs = [split.crop_item(i, torch.Generator()) for i in range(len(split.images))]
+    pairs = [split.crop_item(i, None) for i in range(len(split.images))]
     images = torch.from_numpy(np.stack([image.transpose(2, 0, 1) for image, _ in pairs]))
     grids = []
     for start in range(0, len(images), batch_size):

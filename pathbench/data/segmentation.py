@@ -160,12 +160,10 @@ def random_resized_crop_box(height: int, width: int, generator: torch.Generator,
     return (height - crop_h) // 2, (width - crop_w) // 2, crop_h, crop_w
 
 
-def random_resized_crop_pair(image: np.ndarray, mask: np.ndarray, generator: torch.Generator,
-                             size: int = EVA_IMAGE_SIZE) -> tuple[np.ndarray, np.ndarray]:
-    """torchvision's ``RandomResizedCrop(size)`` on an image and its mask (eva's MoNuSAC training crop).
-
-    One box from :func:`random_resized_crop_box`; the image is resized bilinearly with
-    antialiasing on uint8, the mask with nearest-neighbour sampling.
+def resized_crop_pair(image: np.ndarray, mask: np.ndarray, box: tuple[int, int, int, int],
+                      size: int = EVA_IMAGE_SIZE) -> tuple[np.ndarray, np.ndarray]:
+    """Crop ``box = (top, left, height, width)`` and resize it to ``size x size``, as ``RandomResizedCrop``
+    does once it has drawn its box: bilinear with antialiasing on uint8 for the image, nearest for the mask.
 
     Returns:
         ``(size, size, 3)`` uint8 and ``(size, size)`` int64.
@@ -173,13 +171,23 @@ def random_resized_crop_pair(image: np.ndarray, mask: np.ndarray, generator: tor
     from torchvision.transforms.v2 import InterpolationMode
     from torchvision.transforms.v2 import functional as TF
 
-    top, left, crop_h, crop_w = random_resized_crop_box(image.shape[0], image.shape[1], generator)
+    top, left, crop_h, crop_w = box
     chw = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)  # a writable copy
     chw = TF.resized_crop(chw, top, left, crop_h, crop_w, [size, size],
                           interpolation=InterpolationMode.BILINEAR, antialias=True)
     labels = TF.resized_crop(_mask_tensor(mask), top, left, crop_h, crop_w, [size, size],
                              interpolation=InterpolationMode.NEAREST)
     return np.ascontiguousarray(chw.permute(1, 2, 0).numpy()), labels[0].numpy()
+
+
+def random_resized_crop_pair(image: np.ndarray, mask: np.ndarray, generator: torch.Generator,
+                             size: int = EVA_IMAGE_SIZE) -> tuple[np.ndarray, np.ndarray]:
+    """torchvision's ``RandomResizedCrop(size)`` on an image and its mask (eva's MoNuSAC training crop).
+
+    One box from :func:`random_resized_crop_box`, applied by :func:`resized_crop_pair`.
+    """
+    box = random_resized_crop_box(image.shape[0], image.shape[1], generator)
+    return resized_crop_pair(image, mask, box, size)
 
 
 # --------------------------------------------------------------------------------------

@@ -41,7 +41,9 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import os
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -257,14 +259,23 @@ class CropSplit:
         pairs = [dataset.item(i) for i in range(len(dataset))]
         return cls([p[0] for p in pairs], [p[1] for p in pairs], crop, size)
 
-    def crop_item(self, index: int, generator: torch.Generator) -> tuple[np.ndarray, np.ndarray]:
-        from pathbench.data.segmentation import random_resized_crop_pair, resize_and_crop_pair
+    def crop_boxes(self, indices: Sequence[int], generator: torch.Generator) -> list[tuple[int, int, int, int] | None]:
+        """The random crop box of each item, drawn in order from ``generator`` (``None``: deterministic crop)."""
+        from pathbench.data.segmentation import random_resized_crop_box
 
         if self.crop == "resize_and_crop":
-            return resize_and_crop_pair(self.images[index], self.masks[index], self.size)
+            return [None] * len(indices)
         if self.crop == "random_resized_crop":
-            return random_resized_crop_pair(self.images[index], self.masks[index], generator, self.size)
+            return [random_resized_crop_box(*self.images[i].shape[:2], generator) for i in indices]
         raise PathbenchError(f"unknown crop {self.crop!r}; expected 'resize_and_crop' or 'random_resized_crop'.")
+
+    def crop_item(self, index: int, box: tuple[int, int, int, int] | None) -> tuple[np.ndarray, np.ndarray]:
+        """Item ``index`` cropped to ``(size, size)``: in ``box`` (random crops) or by ``ResizeAndCrop``."""
+        from pathbench.data.segmentation import resize_and_crop_pair, resized_crop_pair
+
+        if box is None:
+            return resize_and_crop_pair(self.images[index], self.masks[index], self.size)
+        return resized_crop_pair(self.images[index], self.masks[index], box, self.size)
 
 
 def normalise_images(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
@@ -310,6 +321,7 @@ class _Inputs:
         self.need_images = need_images
         self.online = isinstance(split, CropSplit)
         self.name = name
+        self._executor: ThreadPoolExecutor | None = None
         if self.online and encoder is None:
             raise PathbenchError(f"the {name} split is cropped online (CropSplit) and needs an encoder.")
         if not isinstance(split, (CachedSplit, CropSplit)):
@@ -355,11 +367,25 @@ class _Inputs:
             idx = index.to(self.device)
             t = self.tensors
             return t.grids[idx], None if t.images is None else t.images[idx], t.masks[idx]
-        pairs = [self.split.crop_item(int(i), generator) for i in index]
+        items = [int(i) for i in index]
+        boxes = self.split.crop_boxes(items, generator)  # drawn in order: the same boxes whatever the threads
+        # resizing 64 crops of up to 2,000 x 2,000 pixels costs a few ms each on one core, more than a GPU
+        # decoder step; torchvision releases the GIL, so threads overlap them
+        pairs = list(self._pool().map(self.split.crop_item, items, boxes))
         pixels = torch.from_numpy(np.stack([image.transpose(2, 0, 1) for image, _ in pairs])).to(self.device)
         masks = torch.from_numpy(np.stack([mask for _, mask in pairs]).astype(np.int64)).to(self.device)
         images = normalise_images(pixels, self.mean, self.std)
         return _encode(self.encoder, images), images if self.need_images else None, masks
+
+    def _pool(self) -> ThreadPoolExecutor:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1))
+        return self._executor
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown()
+            self._executor = None
 
     def cached(self, batch_size: int) -> _Inputs:
         """This split with deterministic crops encoded once (validation needs nothing else)."""
@@ -368,6 +394,7 @@ class _Inputs:
         if self.split.crop != "resize_and_crop":
             raise PathbenchError(f"the {self.name} split must use the deterministic 'resize_and_crop'.")
         parts = [self.batch(torch.arange(s, min(s + batch_size, self.n))) for s in range(0, self.n, batch_size)]
+        self.close()
         other = copy.copy(self)
         other.online = False
         other.tensors = _Tensors(torch.cat([p[0] for p in parts]),
@@ -400,7 +427,7 @@ def _metric_classes(num_classes: int, ignore_index: int | None) -> int:
 
 
 @torch.no_grad()
-def evaluate_decoder(decoder: _Decoder2D, data: _Inputs, num_classes: int, ignore_index: int | None,
+def _evaluate(decoder: _Decoder2D, data: _Inputs, num_classes: int, ignore_index: int | None,
                      batch_size: int, per_class: bool = True) -> tuple[float, np.ndarray | None]:
     """eva's score of a decoder on a (cached) split: ``(MonaiDiceScore, per-class Dice incl. background)``.
 
@@ -426,7 +453,7 @@ def _crop_generator(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, 1]).generate_state(1)[0]))
 
 
-def fit_decoder_run(run: int, train: _Inputs, val: _Inputs, *, in_features: int, num_classes: int,
+def _fit_run(run: int, train: _Inputs, val: _Inputs, *, in_features: int, num_classes: int,
                     ignore_index: int | None, decoder: str, protocol: ProbeProtocol, device: torch.device,
                     progress: bool = False) -> tuple[dict[str, Any], _Decoder2D]:
     """One run of eva's protocol; returns its row and the best-validation decoder (in eval mode)."""
@@ -464,7 +491,7 @@ def fit_decoder_run(run: int, train: _Inputs, val: _Inputs, *, in_features: int,
                 break
         if not completed:
             break  # Lightning does not validate an epoch cut short by max_steps
-        score, _ = evaluate_decoder(model, val, num_classes, ignore_index, p.batch_size, per_class=False)
+        score, _ = _evaluate(model, val, num_classes, ignore_index, p.batch_size, per_class=False)
         improved, stop = stopper.update([0], [score])
         if improved[0]:
             best_state = copy.deepcopy(model.state_dict())
@@ -477,7 +504,7 @@ def fit_decoder_run(run: int, train: _Inputs, val: _Inputs, *, in_features: int,
         model.load_state_dict(best_state)
     else:
         best_step = step
-    val_dice, per_class = evaluate_decoder(model, val, num_classes, ignore_index, p.batch_size)
+    val_dice, per_class = _evaluate(model, val, num_classes, ignore_index, p.batch_size)
     row = {
         "run": run,
         "seed": seed,
@@ -552,13 +579,20 @@ def train_segmentation(
     metric_classes = _metric_classes(num_classes, ignore_index)
     names = list(class_names) if class_names is not None else [f"class_{i}" for i in range(metric_classes)]
     rows = []
-    for run in (range(protocol.runs) if runs is None else runs):
-        row, _ = fit_decoder_run(run, train_inputs, val_inputs, in_features=in_features, num_classes=num_classes,
-                                 ignore_index=ignore_index, decoder=decoder, protocol=protocol, device=device,
-                                 progress=progress)
-        per_class = row.pop("per_class_dice")
-        # eva drops the ignored channel; its per-class values name the remaining classes in order
-        kept = [n for i, n in enumerate(names[:metric_classes]) if i != ignore_index]
-        row.update({f"dice_{name}": float(value) for name, value in zip(kept, per_class, strict=False)})
-        rows.append(row)
+    try:
+        for run in (range(protocol.runs) if runs is None else runs):
+            row, _ = _fit_run(run, train_inputs, val_inputs, in_features=in_features, num_classes=num_classes,
+                              ignore_index=ignore_index, decoder=decoder, protocol=protocol, device=device,
+                              progress=progress)
+            rows.append(_with_class_columns(row, names[:metric_classes], ignore_index))
+    finally:
+        train_inputs.close()
     return rows
+
+
+def _with_class_columns(row: dict[str, Any], names: Sequence[str], ignore_index: int | None) -> dict[str, Any]:
+    per_class = row.pop("per_class_dice")
+    # eva drops the ignored channel; its per-class values name the remaining classes in order
+    kept = [name for i, name in enumerate(names) if i != ignore_index]
+    row.update({f"dice_{name}": float(value) for name, value in zip(kept, per_class, strict=False)})
+    return row
