@@ -30,13 +30,8 @@ from pathbench.data.consep import CoNSePDataset
 from pathbench.data.synthetic_segmentation import make_synthetic_segmentation
 from pathbench.extractors import load_extractor
 from pathbench.heads import ProbeProtocol, train_segmentation
-from pathbench.heads.segmentation import (
-    CachedSplit,
-    CropSplit,
-    grid_from_tokens,
-    normalise_images,
-    tokens_to_grid,
-)
+from pathbench.heads.decoders import grid_from_tokens, tokens_to_grid
+from pathbench.heads.segmentation import CachedSplit, CropSplit, normalise_images
 
 
 def make_encoder(extractor):

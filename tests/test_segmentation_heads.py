@@ -12,18 +12,15 @@ from torch.nn import functional as F
 from pathbench.data.segmentation import resize_and_crop_pair
 from pathbench.errors import PathbenchError
 from pathbench.heads import ProbeProtocol
-from pathbench.heads.dice import EvaDiceLoss, MonaiDiceScore, monai_dice_score
-from pathbench.heads.segmentation import (
-    CachedSplit,
+from pathbench.heads.decoders import (
     ConvDecoderMS,
     ConvDecoderWithImage,
-    CropSplit,
     grid_from_tokens,
-    normalise_images,
     patch_grid,
     tokens_to_grid,
-    train_segmentation,
 )
+from pathbench.heads.dice import EvaDiceLoss, MonaiDiceScore, monai_dice_score
+from pathbench.heads.segmentation import CachedSplit, CropSplit, normalise_images, train_segmentation
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

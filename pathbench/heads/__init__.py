@@ -1,10 +1,19 @@
 """Trainable heads on frozen embeddings: one module per kind of head.
 
 - :mod:`pathbench.heads.linear`: eva's linear probe for patch classification, batched over runs.
-- :mod:`pathbench.heads.segmentation`: eva's segmentation decoders and their training on token grids.
+- :mod:`pathbench.heads.decoders`: eva's segmentation decoders and ViT tokens as feature maps.
+- :mod:`pathbench.heads.segmentation`: training those decoders (cached token grids or online crops).
 - :mod:`pathbench.heads.dice`: eva's Dice loss and ``MonaiDiceScore`` (MONAI underneath).
 """
 
+from pathbench.heads.decoders import (
+    ConvDecoderMS,
+    ConvDecoderWithImage,
+    build_decoder,
+    grid_from_tokens,
+    patch_grid,
+    tokens_to_grid,
+)
 from pathbench.heads.dice import EvaDiceLoss, MonaiDiceScore, monai_dice_score
 from pathbench.heads.linear import (
     BatchedEarlyStopping,
@@ -23,12 +32,7 @@ from pathbench.heads.segmentation import (
     CONSEP_PROTOCOL,
     MONUSAC_PROTOCOL,
     CachedSplit,
-    ConvDecoderMS,
-    ConvDecoderWithImage,
     CropSplit,
-    build_decoder,
-    patch_grid,
-    tokens_to_grid,
     train_segmentation,
 )
 
@@ -49,6 +53,7 @@ __all__ = [
     "build_decoder",
     "epoch_learning_rate",
     "epoch_permutation",
+    "grid_from_tokens",
     "init_linear",
     "macro_accuracy",
     "macro_accuracy_batched",
