@@ -326,6 +326,9 @@ def test_training_inputs_are_checked():
     with pytest.raises(PathbenchError, match="needs the images"):
         train_segmentation(CachedSplit(cached.grids, cached.masks), cached, num_classes=4, protocol=PROTOCOL,
                            device="cpu")
+    with pytest.raises(PathbenchError, match="must be uint8 pixels.*got float32"):
+        train_segmentation(CachedSplit(cached.grids, cached.masks, cached.images.astype(np.float32)), cached,
+                           num_classes=4, protocol=PROTOCOL, device="cpu")
     with pytest.raises(PathbenchError, match="deterministic 'resize_and_crop'"):
         train_segmentation(cached, CropSplit(images, masks, "random_resized_crop", 32), num_classes=4,
                            protocol=PROTOCOL, encoder=_pool_encoder, device="cpu")

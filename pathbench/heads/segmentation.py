@@ -132,6 +132,10 @@ def _as_tensor(x, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     return torch.as_tensor(array).to(device=device, dtype=dtype)
 
 
+def _dtype_name(x) -> str:
+    return str(x.dtype).removeprefix("torch.") if isinstance(x, torch.Tensor) else str(np.asarray(x).dtype)
+
+
 def _encode(encoder: Callable[[torch.Tensor], torch.Tensor], pixels: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
         grids = encoder(pixels)
@@ -164,6 +168,9 @@ class _Inputs:
                 raise PathbenchError(f"{name}: {self.n} images but {len(split.masks)} masks.")
             masks = [np.asarray(m) for m in split.masks]
         else:
+            if need_images and split.images is not None and _dtype_name(split.images) != "uint8":
+                raise PathbenchError(f"{name}: CachedSplit images must be uint8 pixels (N, 3, S, S), got "
+                                     f"{_dtype_name(split.images)}; they are normalised here, as eva does.")
             self.tensors = _Tensors(
                 _as_tensor(split.grids, torch.float32, device),
                 _as_tensor(split.masks, torch.int64, device),
