@@ -214,7 +214,8 @@ def pad_bags(bags: Sequence[np.ndarray | torch.Tensor], targets: Sequence[int], 
         raise PathbenchError(f"{split}: {len(bags)} bags but {len(targets)} targets.")
     if not bags:
         raise PathbenchError(f"{split}: no slides; ABMIL needs at least one bag per split.")
-    arrays = [torch.as_tensor(np.asarray(b, dtype=np.float32)) for b in bags]
+    # np.array copies: bags may be read-only memory maps of the feature cache
+    arrays = [torch.from_numpy(np.array(b, dtype=np.float32)) for b in bags]
     dims = {int(a.shape[1]) if a.ndim == 2 else -1 for a in arrays}
     if len(dims) != 1 or -1 in dims:
         raise PathbenchError(f"{split}: every bag must be a (n_patches, D) array with one D; found dims {sorted(dims)}.")
