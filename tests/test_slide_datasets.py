@@ -18,6 +18,7 @@ from pathbench.data.slide_bags import (
     bag_for_slide,
     open_bags,
     parse_item_id,
+    slides_for_task,
 )
 from pathbench.data.slides import (
     CAMELYON16_VAL_SLIDES,
@@ -142,6 +143,14 @@ def test_panda_keeps_noise_ratio_10_rows_and_splits_like_eva(tmp_path):
     assert len(panda_slides(root, labels, small=False)) == len(kept)
     noisy = set(table.loc[table["noise_ratio_10"] == 0, "image_id"])
     assert not noisy & {s.slide_id for s in panda_slides(root, labels, small=False)}
+    assert slides_for_task("panda-small", root, labels, "val") == panda_slides(root, labels, "val")
+
+
+def test_slides_for_task_names_the_two_tasks(tmp_path):
+    root = camelyon16_layout(tmp_path)
+    assert slides_for_task("cam16-small", root, split="test") == camelyon16_slides(root, "test")
+    with pytest.raises(DataError, match="cam16-small, panda-small"):
+        slides_for_task("cam17", root)
 
 
 def test_panda_label_problems_are_clear_errors(tmp_path):

@@ -19,13 +19,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 from collections.abc import Iterable
 
 import numpy as np
 
 from pathbench.data.base import TileDataset
 from pathbench.data.patching import ForegroundGridSampler, PatchCoordinates, sample_patches
-from pathbench.data.slides import Slide
+from pathbench.data.slides import Slide, camelyon16_slides, panda_slides
 from pathbench.data.wsi import SlideReader, open_slide, read_patch
 from pathbench.errors import DataError
 
@@ -74,6 +75,22 @@ class SlideTaskSettings:
 CAM16_SMALL = SlideTaskSettings("cam16-small", "Camelyon16-small", num_classes=2, target_mpp=0.25, max_samples=1000)
 PANDA_SMALL = SlideTaskSettings("panda-small", "PANDA-small", num_classes=6, target_mpp=0.5, max_samples=200)
 SLIDE_TASKS: dict[str, SlideTaskSettings] = {s.name: s for s in (CAM16_SMALL, PANDA_SMALL)}
+
+
+def slides_for_task(task: str, root: str | os.PathLike, panda_labels: str | os.PathLike | None = None,
+                    split: str | None = None) -> list[Slide]:
+    """The slides of ``task`` (``cam16-small`` or ``panda-small``) under ``root``, as eva lists them.
+
+    Args:
+        root: the Camelyon16 folder (``training/``, ``testing/``) or the PANDA folder (``train_images/``).
+        panda_labels: PANDA's label table (``train_with_noisy_labels.csv``); required for PANDA.
+        split: ``train``, ``val``, ``test`` or None (every slide a split uses).
+    """
+    if task == CAM16_SMALL.name:
+        return camelyon16_slides(root, split)
+    if task == PANDA_SMALL.name:
+        return panda_slides(root, panda_labels, split, small=True)
+    raise DataError(f"unknown slide task {task!r}; expected one of {', '.join(SLIDE_TASKS)}.")
 
 
 def item_id(slide_id: str, x: int, y: int) -> str:
