@@ -216,7 +216,7 @@ def test_batched_runs_equal_plain_sequential_runs(num_classes):
     rng = np.random.default_rng(10 + num_classes)
     train, val = toy_bags(40, num_classes, 6, rng), toy_bags(36, num_classes, 6, rng)
     protocol = AbmilProtocol(runs=3, max_epochs=9, patience=3, batch_size=16, seed=5)
-    head = AbmilHead(num_classes, protocol, device="cpu").fit(*train, *val)
+    head = AbmilHead(num_classes, protocol, device="cpu", runs_together=3).fit(*train, *val)
     val_scores = head.score(*val)
     for r in range(protocol.runs):
         best, best_epoch, stopped, model = sequential_run(train, val, num_classes, protocol, protocol.seed + r, 12)
@@ -248,12 +248,16 @@ def test_train_abmil_learns_a_learnable_task_and_reports_rows_per_run():
     assert all(0 <= r["best_epoch"] < r["stop_epoch"] <= 40 for r in rows)
 
 
-def test_runs_grouped_under_a_memory_budget_give_the_same_result():
+def test_runs_trained_together_or_one_at_a_time_give_the_same_result():
     rng = np.random.default_rng(6)
     train, val = toy_bags(20, 2, 4, rng), toy_bags(10, 2, 4, rng)
-    base = AbmilProtocol(runs=3, max_epochs=4, patience=2, batch_size=8)
-    together = AbmilHead(2, base, device="cpu").fit(*train, *val)
-    grouped = AbmilHead(2, AbmilProtocol(**{**base.__dict__, "memory_budget_gb": 1e-9}), device="cpu").fit(*train, *val)
+    protocol = AbmilProtocol(runs=3, max_epochs=4, patience=2, batch_size=8)
+    together = AbmilHead(2, protocol, device="cpu", runs_together=3).fit(*train, *val)
+    grouped = AbmilHead(2, protocol, device="cpu", runs_together=1).fit(*train, *val)
+    budgeted = AbmilHead(2, protocol, device="cpu", runs_together=None, memory_budget_gb=1e-9)
+    assert budgeted._group_size(pad_bags(*train), torch.device("cuda")) == 1
+    assert AbmilHead(2, protocol)._group_size(pad_bags(*train), torch.device("cuda")) == 3
+    assert AbmilHead(2, protocol)._group_size(pad_bags(*train), torch.device("cpu")) == 1
     for i, (a, b) in enumerate(zip(together.params_, grouped.params_, strict=True)):
         if i != 7:  # attention_c's bias has no effect (see test_batched_runs_equal_plain_sequential_runs)
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
@@ -268,6 +272,8 @@ def test_unfitted_head_and_bad_protocol_are_clear_errors():
         AbmilProtocol(runs=0)
     with pytest.raises(PathbenchError, match="2 classes"):
         AbmilHead(1)
+    with pytest.raises(PathbenchError, match="runs_together"):
+        AbmilHead(2, runs_together=0)
 
 
 # --------------------------------------------------------------------------------------

@@ -24,11 +24,13 @@ Runs: run ``r`` is initialised under ``torch.manual_seed(seed + r)`` and shuffle
 generator seeded ``seed + r``, as the linear probe does. (eva seeds its process once and
 runs the 20 fits one after another, so its runs are not individually reproducible.)
 
-Speed: the R runs train together. Each parameter is an ``(R, ...)`` stack, every step
-gathers each run's own batch, and one batched forward/backward serves all runs; the AdamW
-update is element-wise, so each run gets the update it would get alone. Padding is cut
-to the longest bag of each batch: padded rows contribute exact zeros, so this changes no
-prediction (tested), only the time. Runs that stop early leave the batch.
+Speed: runs can train together. Each parameter is an ``(A, ...)`` stack of A runs, every
+step gathers each run's own batch, and one batched forward/backward serves them all; the
+AdamW update is element-wise, so each run gets the update it would get alone. Runs that
+stop early leave the batch. On a GPU all runs share one computation (within a memory
+budget); on the CPU one run at a time is faster (``benchmarks/abmil_runs.py``). Padding is
+cut to the longest bag of each batch: padded rows contribute exact zeros, so this changes
+no prediction (tested), only the time.
 """
 
 from __future__ import annotations
@@ -71,8 +73,6 @@ class AbmilProtocol:
         max_epochs: epoch limit.
         patience: early-stopping patience in epochs.
         runs: independent runs; run ``r`` uses seed ``seed + r``.
-        memory_budget_gb: bound on the gathered training batch of all runs together; above
-            it runs train in groups (identical results, less memory).
     """
 
     lr: float = 1e-3
@@ -87,7 +87,6 @@ class AbmilProtocol:
     patience: int = 20
     runs: int = 20
     seed: int = 0
-    memory_budget_gb: float = 4.0
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "eval_batch_size", "max_epochs", "patience", "runs"):
@@ -249,13 +248,19 @@ def _trim(embeddings: torch.Tensor, padding: torch.Tensor) -> tuple[torch.Tensor
 
 
 class AbmilHead:
-    """ABMIL trained R times with eva's protocol, all runs in one batched computation.
+    """ABMIL trained R times with eva's protocol, runs batched together where that is faster.
 
     Args:
         num_classes: C (2 means one logit and BCE, as eva's Camelyon16 config).
         protocol: :class:`AbmilProtocol`.
         device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ...
         progress: show a progress bar over epochs.
+        runs_together: how many runs share one batched computation; ``None`` picks 1 on the
+            CPU (measured 1.6x faster there than 20 runs together: the batched tensors of many
+            runs fall out of the caches) and as many as ``memory_budget_gb`` allows on a GPU
+            (fewer, larger kernels; check with ``benchmarks/abmil_runs.py --device cuda``).
+            Results do not depend on it.
+        memory_budget_gb: bound on the gathered training batch of the runs trained together.
 
     Fitted attributes:
         params_: the 14 stacked best-validation parameters ``(R, ...)`` (see :func:`init_abmil_params`).
@@ -267,13 +272,17 @@ class AbmilHead:
     """
 
     def __init__(self, num_classes: int, protocol: AbmilProtocol | None = None, device: str = "auto",
-                 progress: bool = False) -> None:
+                 progress: bool = False, runs_together: int | None = None, memory_budget_gb: float = 4.0) -> None:
         if num_classes < 2:
             raise PathbenchError(f"a classification head needs at least 2 classes, got {num_classes}.")
+        if runs_together is not None and runs_together < 1:
+            raise PathbenchError(f"runs_together must be at least 1, got {runs_together}.")
         self.num_classes = int(num_classes)
         self.protocol = protocol or AbmilProtocol()
         self.device = device
         self.progress = progress
+        self.runs_together = runs_together
+        self.memory_budget_gb = memory_budget_gb
 
     @property
     def binary(self) -> bool:
@@ -301,8 +310,7 @@ class AbmilHead:
                                  f"val {val.embeddings.shape[-1]}.")
         p = self.protocol
         runs = list(range(p.runs))
-        per_run = p.batch_size * train.embeddings.shape[1] * (train.embeddings.shape[2] + 8 * 128) * 4 * 3
-        group = max(1, min(p.runs, int(p.memory_budget_gb * 2**30 // max(per_run, 1))))
+        group = self._group_size(train, device)
         results = []
         with _single_thread_on_cpu(device):
             for start in range(0, p.runs, group):
@@ -315,6 +323,14 @@ class AbmilHead:
                          for epoch in range(int(self.stop_epoch_.max()))]
         self.steps_per_epoch_ = math.ceil(len(train) / p.batch_size)
         return self
+
+    def _group_size(self, train: Bags, device: torch.device) -> int:
+        if self.runs_together is not None:
+            return min(self.runs_together, self.protocol.runs)
+        if device.type == "cpu":
+            return 1
+        per_run = self.protocol.batch_size * train.embeddings.shape[1] * (train.embeddings.shape[2] + 8 * 128) * 4 * 3
+        return max(1, min(self.protocol.runs, int(self.memory_budget_gb * 2**30 // max(per_run, 1))))
 
     def _fit_runs(self, run_ids: list[int], train: Bags, val: Bags, device: torch.device):
         p = self.protocol
@@ -427,6 +443,7 @@ def train_abmil(
     device: str = "auto",
     progress: bool = False,
     task: str | None = None,
+    runs_together: int | None = None,
 ) -> list[dict]:
     """Train eva's ABMIL R times and score each run's best-validation checkpoint.
 
@@ -434,13 +451,15 @@ def train_abmil(
         train, val, test: ``(bags, targets)``: S bags of ``(n_i, D)`` float32 patch
             embeddings and ``(S,)`` class indices. ``test`` may be None (then val is reported).
         num_classes: 2 (Camelyon16: one logit, BCE) or 6 (PANDA).
+        runs_together: see :class:`AbmilHead` (speed only).
 
     Returns:
         One row per run: ``task, run, split, metric, value, val_value, best_epoch,
         best_step, stop_epoch, stop_step`` (``value`` on ``split``, the test split when given).
     """
     train, val, test = _split(train, "train"), _split(val, "val"), _split(test, "test")
-    head = AbmilHead(num_classes, protocol, device=device, progress=progress).fit(*train, *val)
+    head = AbmilHead(num_classes, protocol, device=device, progress=progress,
+                     runs_together=runs_together).fit(*train, *val)
     val_values = head.score(*val)
     report, values = ("test", head.score(*test)) if test is not None else ("val", val_values)
     metric = "balanced_accuracy" if num_classes == 2 else "macro_accuracy"
