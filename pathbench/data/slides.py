@@ -24,7 +24,10 @@ columns ``image_id, isup_grade, noise_ratio_10, ...``), passed here as a path:
 - stratified split by ISUP grade with seed 42 (eva's ``stratified_split``): per grade, in
   order of the sorted file list, shuffle with the one generator, take
   ``floor(ratio * n)`` (at least 1) for train, then val, then test. PANDA uses
-  0.7 / 0.15 / 0.15; PANDA-small 0.1 / 0.05 / 0.05, i.e. 20 % of the slides (955 / 477 / 477).
+  0.7 / 0.15 / 0.15 (6,686 / 1,430 / 1,439 slides); PANDA-small 0.1 / 0.05 / 0.05, i.e.
+  20 % of the slides: 952 / 475 / 475. eva's documentation gives 955 / 477 / 477 (the
+  ratios times 9,555); the per-grade floors of its code give 952 / 475 / 475 on the label
+  table with eva's md5, and that code is what is followed here.
 """
 
 from __future__ import annotations
