@@ -1,7 +1,7 @@
 """Trainable heads on frozen embeddings: one module per kind of head.
 
 - :mod:`pathbench.heads.linear`: eva's linear probe for patch classification, batched over runs.
-- :mod:`pathbench.heads.abmil`: eva's ABMIL for slide classification, batched over runs.
+- :mod:`pathbench.heads.abmil`: eva's ABMIL for slide classification, runs batched where that is faster.
 - :mod:`pathbench.heads.metrics`: the metrics eva reports for its slide tasks (torchmetrics' definitions).
 """
 
