@@ -30,9 +30,8 @@ from pathbench.data.consep import CoNSePDataset
 from pathbench.data.synthetic_segmentation import make_synthetic_segmentation
 from pathbench.extractors import load_extractor
 from pathbench.heads import ProbeProtocol
-from pathbench.heads.segmentation import train_segmentation
 from pathbench.heads.decoders import grid_from_tokens, tokens_to_grid
-from pathbench.heads.segmentation import CachedSplit, CropSplit, normalise_images
+from pathbench.heads.segmentation import CachedSplit, CropSplit, normalise_images, train_segmentation
 
 
 def make_encoder(extractor):

@@ -13,8 +13,7 @@ from pathbench.data.monusac import MoNuSACDataset, parse_monusac_xml
 from pathbench.data.segmentation import ResizedSegmentationDataset, stack_items
 from pathbench.data.synthetic_segmentation import make_synthetic_segmentation
 from pathbench.heads import ProbeProtocol
-from pathbench.heads.segmentation import train_segmentation
-from pathbench.heads.segmentation import CachedSplit, normalise_images
+from pathbench.heads.segmentation import CachedSplit, normalise_images, train_segmentation
 
 
 @pytest.fixture(scope="module")
