@@ -49,7 +49,6 @@ from pathbench.errors import PathbenchError
 from pathbench.heads.linear import (
     BatchedEarlyStopping,
     _single_thread_on_cpu,
-    adamw_step_,
     epoch_learning_rate,
     epoch_permutation,
 )
@@ -337,7 +336,7 @@ class AbmilHead:
         c_out = 1 if self.binary else self.num_classes
         params = [t.to(device).requires_grad_() for t in
                   init_abmil_params(train.embeddings.shape[-1], c_out, [p.seed + r for r in run_ids])]
-        moments = [(torch.zeros_like(t), torch.zeros_like(t)) for t in params]
+        optimiser = self._optimiser(params)
         generators = [torch.Generator().manual_seed(p.seed + r) for r in run_ids]
         lengths = (~train.padding).sum(dim=1)
         stopper = BatchedEarlyStopping(len(run_ids), p.patience)
@@ -352,7 +351,8 @@ class AbmilHead:
         for epoch in range(p.max_epochs):
             if not active:
                 break
-            lr = epoch_learning_rate(p, epoch)
+            for group in optimiser.param_groups:
+                group["lr"] = epoch_learning_rate(p, epoch)
             perms = torch.stack([epoch_permutation(generators[i], n) for i in active]).to(device)  # (A, N)
             for start in range(0, n, p.batch_size):
                 idx = perms[:, start : start + p.batch_size]  # (A, B)
@@ -360,11 +360,10 @@ class AbmilHead:
                 bags = train.embeddings[:, :longest][idx]  # (A, B, L, D)
                 logits = abmil_forward(params, bags, train.padding[:, :longest][idx])
                 loss = self._loss(logits, train.targets[idx])
-                grads = torch.autograd.grad(loss, params)
+                optimiser.zero_grad(set_to_none=True)
+                loss.backward()
+                optimiser.step()
                 step += 1
-                with torch.no_grad():
-                    for param, grad, (exp_avg, exp_avg_sq) in zip(params, grads, moments, strict=True):
-                        adamw_step_(param, grad, exp_avg, exp_avg_sq, step, lr, p)
             scores = self._scores(params, val)
             history[epoch] = {run_ids[i]: float(s) for i, s in zip(active, scores, strict=True)}
             improved, stop = stopper.update(active, scores)
@@ -377,12 +376,25 @@ class AbmilHead:
                     stop_epoch[i] = epoch + 1
             if stop.any():
                 keep = torch.as_tensor(np.flatnonzero(~stop), dtype=torch.long, device=device)
+                state = optimiser.state_dict()
+                for moments in state["state"].values():
+                    for key in ("exp_avg", "exp_avg_sq"):
+                        moments[key] = moments[key][keep]
                 params = [t.detach()[keep].requires_grad_() for t in params]
-                moments = [(m[keep], v[keep]) for m, v in moments]
+                optimiser = self._optimiser(params)
+                optimiser.load_state_dict(state)  # moments and step counts follow their runs
                 active = [i for i, s in zip(active, stop, strict=True) if not s]
             bar.update(1)
         bar.close()
         return best, best_epoch, stopper.best.copy(), stop_epoch, history
+
+    def _optimiser(self, params: list[torch.Tensor]) -> torch.optim.AdamW:
+        """``torch.optim.AdamW`` over the stacked parameters of the runs: every operation is
+        element-wise, so each run gets exactly the update it would get alone."""
+        p = self.protocol
+        fused = params[0].device.type in ("cpu", "cuda")
+        return torch.optim.AdamW(params, lr=p.lr, betas=p.betas, eps=p.eps, weight_decay=p.weight_decay,
+                                 fused=fused or None)
 
     def _loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Sum over runs of each run's mean batch loss (so each run gets its own gradient)."""
