@@ -35,7 +35,7 @@ from torch.utils.data import DataLoader
 from pathbench import _io
 from pathbench.data.base import ids_digest
 from pathbench.errors import DataError, PathbenchError
-from pathbench.extractors.base import Extractor, pool_tokens, resize_crop
+from pathbench.extractors.base import Extractor, resize_crop
 from pathbench.extractors.spec import ModelSpec
 from pathbench.settings import cache_root
 
@@ -234,8 +234,7 @@ def _run_shards(
     with bar:
         for batch in loader:
             pixels = extractor.preprocess(batch)
-            tokens = extractor.forward_tokens(pixels)
-            embeddings = pool_tokens(tokens, extractor.num_prefix_tokens, pooling).float().cpu().numpy()
+            embeddings = extractor.embed_pixels(pixels, pooling).cpu().numpy()
             if not np.isfinite(embeddings).all():
                 raise DataError(
                     f"{extractor.name} produced NaN or infinite embeddings in shard {shard} of {entry}; "

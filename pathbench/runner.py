@@ -257,23 +257,28 @@ def embed_inputs(extractor: Any, inputs: Inputs, pooling: str, run: RunOptions) 
     the rate recorded by the cache entries when everything was cached.
     """
     from pathbench.benches.base import EmbeddingSet
+    from pathbench.extractors.base import GRID
     from pathbench.features import extract_features
 
     computed, seconds, recorded = 0, 0.0, []
+    inputs.normalisation = (tuple(extractor.spec.mean), tuple(extractor.spec.std))
+    if inputs.wants_encoder:
+        inputs.encoder = extractor.forward_grid
     for key, request in inputs.requests.items():
-        if request.granularity is not Granularity.TILE and not hasattr(request.dataset, "coords"):
-            raise PathbenchError(f"{key}: granularity {request.granularity.value} is not supported by this "
-                                 "feature store yet.")
         dataset = request.dataset
+        grid = request.granularity is Granularity.GRID
         try:
-            features = extract_features(extractor, dataset, pooling=pooling, desc=request.desc or key,
-                                        **run.extraction())
+            features = extract_features(extractor, dataset, pooling=GRID if grid else pooling,
+                                        desc=request.desc or key, **run.extraction())
         finally:
             close = getattr(dataset, "close", None)
             if callable(close):
                 close()
+        array = features.array
+        if grid:  # stored flattened; a view, not a copy
+            array = array.reshape(len(features), extractor.spec.embed_dim, *extractor.grid_size())
         coords = getattr(dataset, "coords", None) if request.granularity is Granularity.BAG else None
-        inputs.embeddings[key] = EmbeddingSet(features.item_ids, features.array, coords=coords, key=features.key)
+        inputs.embeddings[key] = EmbeddingSet(features.item_ids, array, coords=coords, key=features.key)
         computed += features.computed
         seconds += features.seconds
         if features.tiles_per_s:

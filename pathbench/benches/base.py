@@ -288,6 +288,12 @@ class Inputs:
         input_size: a fixed ``(height, width)`` fed to the network unchanged (eva's 224 x 224
             crops), or None for the model's own resize and crop.
         mpp: microns per pixel of the images, when known.
+        wants_encoder: the protocol draws random crops at every training step (eva's MoNuSAC),
+            so token grids cannot be cached: the runner then sets ``encoder``, a function
+            ``(B, 3, H, W)`` normalised float32 images -> ``(B, dim, h, w)`` token grids (the
+            frozen encoder's forward pass, nothing else of the model).
+        normalisation: the model's ``(mean, std)``, set by the runner (dense heads see the
+            normalised images, as in eva).
     """
 
     requests: dict[str, DataRequest] = dataclasses.field(default_factory=dict)
@@ -296,6 +302,9 @@ class Inputs:
     data: dict[str, Any] = dataclasses.field(default_factory=dict)
     input_size: tuple[int, int] | None = None
     mpp: float | None = None
+    wants_encoder: bool = False
+    encoder: Any = None
+    normalisation: tuple[tuple[float, ...], tuple[float, ...]] | None = None
 
     @property
     def synthetic(self) -> bool:

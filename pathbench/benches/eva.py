@@ -1,36 +1,46 @@
-"""EVA-compatible patch classification (kaiko eva's offline linear-probe protocol).
+"""EVA: kaiko eva's eight pathology tasks, as the seed paper's Table 2 runs them.
 
-Tasks: BACH (4 classes), CRC (9), MHIST (2), PatchCamelyon (2). A frozen backbone embeds
-every image (CLS token by default), then a linear head is trained 5 times per task with
-eva's protocol (:mod:`pathbench.heads`) and the best-validation checkpoint of each run is
-scored: balanced accuracy (binary) or macro accuracy (multiclass), on the test split where
-eva has one (PCam) and on the validation split otherwise; mean and sample std over runs.
-The average of the paper's Table 2 leaves BACH out.
+- patch classification (:mod:`.eva_patch`): BACH, CRC, MHIST, PatchCamelyon with eva's
+  linear probe (5 runs);
+- slide classification (:mod:`.eva_slide`): Camelyon16-small and PANDA-small with eva's
+  ABMIL on bags of patch embeddings (20 runs);
+- segmentation (:mod:`.eva_seg`): CoNSeP and MoNuSAC with eva's decoder on the frozen
+  model's patch-token grids, MONAI's Dice (5 runs).
 
-Embeddings come from a pathbench model (``--model``, data in eva's layouts under
-``--data PATH`` or ``--data synthetic``) or from folders eva wrote itself
-(``--embeddings-dir DIR --model-name NAME``); :func:`export_eva_embeddings` writes
-pathbench embeddings in eva's format so that ``eva fit`` trains on them.
+Every task reports eva's metric (balanced accuracy for binary, macro accuracy for
+multiclass tasks, Dice for segmentation) as the mean and sample std over runs; the
+average leaves BACH out, as the paper does.
+
+Examples::
+
+    pathbench evaluate --model h0-mini --bench eva --data /data/eva            # every task found
+    pathbench evaluate --model h0-mini --bench eva:crc,cam16-small --data /data/eva
+    pathbench evaluate --model h0-mini --bench eva:panda-small --data /data/eva --panda-labels labels.csv
+    pathbench evaluate --model vit-tiny-random --bench eva --data synthetic    # offline demo
+    pathbench evaluate --bench eva:mhist --embeddings-dir DIR --model-name NAME  # eva's own embeddings
+
+``--data PATH`` is eva's DATA_ROOT: one folder per task (``bach/``, ``crc/``, ``mhist/``,
+``patch_camelyon/``, ``camelyon16/``, ``panda/``, ``consep/``, ``monusac/``) in eva's layouts.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from pathbench.benches import eva_patch, eva_seg, eva_slide
 from pathbench.benches.base import (
     Aggregate,
     Benchmark,
     BenchResult,
     Column,
-    DataRequest,
+    Granularity,
     Inputs,
     LeaderboardSpec,
     Metric,
@@ -39,147 +49,59 @@ from pathbench.benches.base import (
     option,
     result_rows,
 )
-from pathbench.data.eva import (
-    EVA_IMAGE_SIZE,
-    TASK_DATA,
-    find_task_root,
-    open_split,
-    read_eva_embeddings,
-    write_eva_embeddings,
+from pathbench.benches.eva_patch import (  # the patch tasks' public names stay importable from here
+    DEFAULT_POOLING,
+    SYNTHETIC_MAX_STEPS,
+    SYNTHETIC_PROBE_BATCH_SIZE,
+    TASKS,
+    EvaTask,
+    evaluate_task,
+    find_manifest,
+    protocol_for,
+    resolve_data,
+    synthetic_root,
 )
+from pathbench.data.eva import EVA_IMAGE_SIZE, TASK_DATA
 from pathbench.errors import DataError, PathbenchError
 
-if TYPE_CHECKING:
-    from pathbench.heads import ProbeProtocol
+__all__ = ["DEFAULT_POOLING", "TASKS", "EvaBenchmark", "EvaOptions", "EvaTask", "evaluate_task", "find_manifest",
+           "protocol_for", "resolve_data", "synthetic_root"]
 
-DEFAULT_POOLING = "cls"
-
-
-@dataclasses.dataclass(frozen=True)
-class EvaTask:
-    """One patch-classification task as eva runs it.
-
-    Attributes:
-        name: pathbench name (``bach``, ``crc``, ``mhist``, ``pcam``).
-        label: column title in tables.
-        num_classes: number of classes (2: binary head, one logit + BCE).
-        patience: early-stopping patience in epochs (eva's config).
-        train_split, val_split: eva split names used to train and to early-stop/select.
-        report_split: the split whose score eva reports (test where one exists, else val).
-    """
-
-    name: str
-    label: str
-    num_classes: int
-    patience: int
-    train_split: str
-    val_split: str
-    report_split: str
-
-    @property
-    def metric(self) -> str:
-        return "balanced_accuracy" if self.num_classes == 2 else "macro_accuracy"
-
-    @property
-    def splits(self) -> tuple[str, ...]:
-        return tuple(dict.fromkeys((self.train_split, self.val_split, self.report_split)))
-
-
-TASKS: dict[str, EvaTask] = {
-    "bach": EvaTask("bach", "BACH", 4, 1250, "train", "val", "val"),
-    "crc": EvaTask("crc", "CRC", 9, 7, "train", "val", "val"),
-    # eva validates (and reports) MHIST on the partition its annotations call "test".
-    "mhist": EvaTask("mhist", "MHIST", 2, 278, "train", "test", "test"),
-    "pcam": EvaTask("pcam", "PCam", 2, 3, "train", "val", "test"),
+# name -> (label, headline metric, granularity); the patch tasks come first, in the paper's order
+ALL_TASKS: dict[str, tuple[str, str, Granularity]] = {
+    **{t.name: (t.label, t.metric, Granularity.TILE) for t in TASKS.values()},
+    "cam16-small": ("Cam16", "balanced_accuracy", Granularity.BAG),
+    "panda-small": ("PANDA", "macro_accuracy", Granularity.BAG),
+    "consep": ("CoNSeP", "dice", Granularity.GRID),
+    "monusac": ("MoNuSAC", "dice", Granularity.GRID),
 }
-TASK_ALIASES = {"patch_camelyon": "pcam", "patchcamelyon": "pcam"}
+ALIASES = {"patch_camelyon": "pcam", "patchcamelyon": "pcam", "camelyon16": "cam16-small",
+           "camelyon16_small": "cam16-small", "camelyon16-small": "cam16-small", "cam16": "cam16-small",
+           "panda": "panda-small", "panda_small": "panda-small"}
+SLIDE_RUNS, SEG_RUNS = 20, 5
+# The synthetic segmentation sets hold a few dozen crops; eva's 2,000 steps of batch 64 on a
+# full-resolution decoder would take an hour on a CPU, so the demo trains a few steps.
+SYNTHETIC_SEG = {"runs": 2, "max_steps": 8, "batch_size": 8}
+
+
+def kind(task: str) -> Granularity:
+    return ALL_TASKS[task][2]
 
 
 def parse_tasks(options: str | None) -> list[str] | None:
-    """``"bach,crc"`` -> ``["bach", "crc"]``; ``None`` (all tasks whose data exist)."""
+    """``"bach,crc,cam16"`` -> ``["bach", "crc", "cam16-small"]``; None: every task whose data exist."""
     if not options:
         return None
     tasks = []
     for raw in options.split(","):
-        name = TASK_ALIASES.get(raw.strip().lower(), raw.strip().lower())
+        name = ALIASES.get(raw.strip().lower(), raw.strip().lower())
         if not name:
             continue
-        if name not in TASKS:
-            raise PathbenchError(f"unknown eva task {raw!r}; expected any of {', '.join(TASKS)} "
-                                 f"(e.g. --bench eva:bach,crc,mhist,pcam).")
+        if name not in ALL_TASKS:
+            raise PathbenchError(f"unknown eva task {raw!r}; expected any of {', '.join(ALL_TASKS)} "
+                                 "(e.g. --bench eva:bach,crc,mhist,pcam).")
         tasks.append(name)
     return list(dict.fromkeys(tasks))
-
-
-def protocol_for(task: EvaTask, runs: int = 5, max_steps: int = 12_500, seed: int = 0,
-                 batch_size: int = 256) -> ProbeProtocol:
-    """eva's linear-probe protocol for ``task`` (its patience, 5 runs, 12,500 steps, batch 256)."""
-    from pathbench.heads import ProbeProtocol
-
-    return ProbeProtocol(patience=task.patience, runs=runs, max_steps=max_steps, seed=seed, batch_size=batch_size)
-
-
-# eva's protocol is sized for tens of thousands of embeddings; the synthetic splits hold tens.
-# With batch 256 an epoch would be one step and CRC's and PCam's patience (7 and 3 epochs)
-# would stop every run before it learns anything, so synthetic data trains with smaller
-# batches and fewer steps unless --probe-batch-size / --max-steps say otherwise.
-SYNTHETIC_PROBE_BATCH_SIZE = 2
-SYNTHETIC_MAX_STEPS = 1_000
-
-
-# --------------------------------------------------------------------------------------
-# Evaluation on embeddings (from anywhere)
-
-
-def evaluate_task(
-    task: str | EvaTask,
-    splits: dict[str, tuple[np.ndarray, np.ndarray]],
-    protocol: ProbeProtocol | None = None,
-    device: str = "auto",
-    progress: bool = False,
-) -> list[dict[str, Any]]:
-    """Train and score the linear probe of one task on embeddings.
-
-    Args:
-        task: task name or :class:`EvaTask`.
-        splits: ``{split: (embeddings (N, D) float32, targets (N,) int)}`` with at least the
-            task's train, val and reported splits (eva's names).
-        protocol: defaults to :func:`protocol_for` the task.
-        device: where the probe trains (``auto``: CUDA when available).
-
-    Returns:
-        One row per run: ``task, run, split, metric, value, best_step`` plus
-        ``val_value, best_epoch, stop_step``.
-    """
-    task = TASKS[task] if isinstance(task, str) else task
-    protocol = protocol or protocol_for(task)
-    for split in task.splits:
-        if split not in splits:
-            raise DataError(f"{task.label}: split {split!r} is missing (found {', '.join(splits) or 'none'}); "
-                            f"eva's {task.label} needs {', '.join(task.splits)}.")
-    train_x, train_y = splits[task.train_split]
-    val_x, val_y = splits[task.val_split]
-    from pathbench.heads import LinearProbe
-
-    probe = LinearProbe(task.num_classes, protocol, device=device, progress=progress)
-    probe.fit(train_x, train_y, val_x, val_y)
-    report_x, report_y = splits[task.report_split]
-    values = probe.score(report_x, report_y)
-    val_values = probe.score(val_x, val_y)
-    return [
-        {
-            "task": task.name,
-            "run": run,
-            "split": task.report_split,
-            "metric": task.metric,
-            "value": float(values[run]),
-            "best_step": int(probe.best_step_[run]),
-            "val_value": float(val_values[run]),
-            "best_epoch": int(probe.best_epoch_[run]),
-            "stop_step": int(probe.stop_step_[run]),
-        }
-        for run in range(protocol.runs)
-    ]
 
 
 def summarise(rows: list[dict[str, Any]]) -> pd.DataFrame:
@@ -204,83 +126,29 @@ def average_without_bach(summary: pd.DataFrame) -> float | None:
 
 def format_table(model: str, summary: pd.DataFrame) -> str:
     """A console table shaped like the seed paper's Table 2 (mean ± std over runs)."""
-    tasks = [t for t in TASKS if t in set(summary["task"])]
+    tasks = [t for t in ALL_TASKS if t in set(summary["task"])]
     cells = {row.task: f"{row.mean:.3f} ± {row.std:.3f}" for row in summary.itertuples()}
-    header = ["Model"] + [TASKS[t].label for t in tasks] + ["Average (w/o BACH)"]
+    header = ["Model"] + [ALL_TASKS[t][0] for t in tasks] + ["Average (w/o BACH)"]
     average = average_without_bach(summary)
     body = [model] + [cells[t] for t in tasks] + [f"{average:.3f}" if average is not None else "n/a"]
     widths = [max(len(h), len(b)) for h, b in zip(header, body, strict=True)]
     line = " | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))
     rule = "-+-".join("-" * w for w in widths)
     values = " | ".join(b.ljust(w) for b, w in zip(body, widths, strict=True))
-    metric_note = "balanced accuracy (binary) / macro accuracy (multiclass); PCam on test, others on val"
+    metric_note = ("balanced accuracy (binary) / macro accuracy (multiclass) / Dice (segmentation); on the test "
+                   "split where eva has one, else on val")
     return f"{line}\n{rule}\n{values}\n({metric_note})"
-
-
-# --------------------------------------------------------------------------------------
-# Embeddings from a model, and export to eva's format
-
-
-def synthetic_root(cache_dir: str | os.PathLike | None) -> Path:
-    """Where ``--data synthetic`` writes its datasets: ``<pathbench cache>/datasets/synthetic-eva-v<N>``."""
-    from pathbench.data.synthetic_eva import GENERATOR_VERSION
-    from pathbench.settings import cache_root
-
-    return cache_root(cache_dir) / "datasets" / f"synthetic-eva-v{GENERATOR_VERSION}"
-
-
-def resolve_data(data: str | None, tasks: list[str] | None, cache_dir: str | None) -> tuple[Path, dict[str, Path]]:
-    """(data root, {task: task folder}) for ``--data PATH|synthetic`` and the requested tasks."""
-    if not data:
-        raise PathbenchError("--bench eva needs --data PATH (folders in eva's layouts, as eva's DATA_ROOT), "
-                             "--data synthetic (offline demo data), or --embeddings-dir DIR.")
-    if data == "synthetic":
-        from pathbench.data.synthetic_eva import make_synthetic_eva
-
-        root = make_synthetic_eva(synthetic_root(cache_dir), tasks=tuple(tasks or TASKS))
-    elif data == "hf":
-        raise PathbenchError("eva's datasets are not on the Hugging Face hub in eva's layout; download them as "
-                             "eva's docs describe (or with eva's `download: true`) and pass --data PATH.")
-    else:
-        root = Path(data).expanduser()
-        if not root.is_dir():
-            raise DataError(f"--data {data}: no such folder; expected a folder holding eva's task folders "
-                            f"(bach/, crc/, mhist/, patch_camelyon/) or one task's own layout.")
-    found = {t: find_task_root(t, root) for t in (tasks or TASKS)}
-    missing = [t for t, folder in found.items() if folder is None]
-    if tasks and missing:
-        raise DataError(f"--data {root}: no data for {', '.join(missing)} in eva's layout; expected e.g. "
-                        f"{root}/bach/ICIAR2018_BACH_Challenge/Photos, {root}/crc/NCT-CRC-HE-100K, "
-                        f"{root}/mhist/annotations.csv, {root}/patch_camelyon/camelyonpatch_level_2_split_*_x.h5.")
-    present = {t: f for t, f in found.items() if f is not None}
-    if not present:
-        raise DataError(f"--data {root}: none of the eva tasks ({', '.join(TASKS)}) was found in eva's layout.")
-    return root, present
-
-
-def find_manifest(task: str, embeddings_dir: Path, single: bool) -> Path | None:
-    """The eva folder of ``task`` under ``embeddings_dir`` (``DIR/<eva folder>``, ``DIR/<task>``, or
-    ``DIR`` itself when only one task is evaluated)."""
-    for name in dict.fromkeys((TASK_DATA[task].eva_dir, task)):
-        if (embeddings_dir / name / "manifest.csv").is_file():
-            return embeddings_dir / name
-    if single and (embeddings_dir / "manifest.csv").is_file():
-        return embeddings_dir
-    return None
-
-
-# --------------------------------------------------------------------------------------
-# The benchmark
 
 
 @dataclasses.dataclass
 class EvaOptions:
     """eva's options (see ``pathbench evaluate --bench eva --help``)."""
 
-    tasks: str | None = option(help="comma-separated eva tasks: bach, crc, mhist, pcam (default: every task "
-                               "whose data is present); also --bench eva:TASKS")
-    runs: int = option(5, help="independent probe runs per task (default 5)")
-    max_steps: int | None = option(help=f"optimiser steps per run at most (default 12500, eva's; "
+    tasks: str | None = option(help="comma-separated eva tasks: bach, crc, mhist, pcam, cam16-small, panda-small, "
+                               "consep, monusac (default: every task whose data is present); also --bench eva:TASKS")
+    runs: int | None = option(help=f"independent runs per task (default eva's: 5 for patch tasks and segmentation, "
+                              f"{SLIDE_RUNS} for slide tasks)")
+    max_steps: int | None = option(help=f"linear-probe steps per run at most (default 12500, eva's; "
                                    f"{SYNTHETIC_MAX_STEPS} with --data synthetic)")
     probe_batch_size: int | None = option(help=f"linear-probe batch size (default 256, eva's; "
                                           f"{SYNTHETIC_PROBE_BATCH_SIZE} with --data synthetic, whose splits are tiny)")
@@ -288,23 +156,45 @@ class EvaOptions:
     embeddings_dir: str | None = option(help="evaluate embeddings eva wrote: a folder with <task>/manifest.csv "
                                         "(eva's EMBEDDINGS_ROOT/MODEL_NAME) or, for one task, the folder holding "
                                         "manifest.csv")
+    panda_labels: str | None = option(help="PANDA's label table train_with_noisy_labels.csv (eva downloads it at "
+                                      "run time; pathbench reads it from here)")
+    seg_protocol: str = option("eva", choices=eva_seg.SEG_PROTOCOLS,
+                               help="segmentation: eva (exact; MoNuSAC's random training crops encoded online) or "
+                                    "cached (deterministic crops, token grids cached); never ranked together")
+    decoder: str = option("conv_with_image", choices=eva_seg.DECODERS,
+                          help="segmentation decoder: conv_with_image (eva's online configs, its leaderboard) or "
+                               "conv_ms (eva's offline configs)")
+    seg_max_steps: int | None = option(help=f"segmentation steps per run at most (default 2000, eva's; "
+                                       f"{SYNTHETIC_SEG['max_steps']} with --data synthetic)")
+    seg_batch_size: int | None = option(help=f"segmentation batch size (default 64, eva's; "
+                                        f"{SYNTHETIC_SEG['batch_size']} with --data synthetic)")
 
     def __post_init__(self) -> None:
         self.task_list = parse_tasks(self.tasks)
-        # bad values fail before any work
-        for name, value in (("runs", self.runs), ("max_steps", self.max_steps), ("probe_batch_size",
-                                                                                 self.probe_batch_size)):
+        for name in ("runs", "max_steps", "probe_batch_size", "seg_max_steps", "seg_batch_size"):
+            value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise PathbenchError(f"--{name.replace('_', '-')} must be a positive integer; got {value!r}.")
+        if self.seg_protocol not in eva_seg.SEG_PROTOCOLS:
+            raise PathbenchError(f"--seg-protocol must be eva or cached; got {self.seg_protocol!r}.")
+        if self.decoder not in eva_seg.DECODERS:
+            raise PathbenchError(f"--decoder must be one of {', '.join(eva_seg.DECODERS)}; got {self.decoder!r}.")
 
     def probe_settings(self, synthetic: bool) -> tuple[int, int]:
         """(max_steps, batch size): eva's, or the small-data defaults of the synthetic demo."""
         return (self.max_steps or (SYNTHETIC_MAX_STEPS if synthetic else 12_500),
                 self.probe_batch_size or (SYNTHETIC_PROBE_BATCH_SIZE if synthetic else 256))
 
+    def seg_settings(self, synthetic: bool) -> dict[str, int | None]:
+        small = SYNTHETIC_SEG if synthetic else {}
+        return {"runs": self.runs or small.get("runs"), "max_steps": self.seg_max_steps or small.get("max_steps"),
+                "batch_size": self.seg_batch_size or small.get("batch_size")}
 
-def eva_protocol(synthetic: bool, max_steps: int, n_runs: int, batch: int) -> tuple[str, str]:
-    """(protocol id, description): ``eva-2024`` is eva's linear probe on the eva datasets."""
+
+def eva_protocol(synthetic: bool, max_steps: int, n_runs: int, batch: int, extra: list[str] | None = None
+                 ) -> tuple[str, str]:
+    """(protocol id, description): ``eva-2024`` is eva's protocol on the eva datasets; any other
+    setting (probe steps, runs, batch, cached segmentation, another decoder) gets its own id."""
     settings = []
     if max_steps != 12_500:
         settings.append(f"max {max_steps} steps")
@@ -312,31 +202,32 @@ def eva_protocol(synthetic: bool, max_steps: int, n_runs: int, batch: int) -> tu
         settings.append(f"{n_runs} runs")
     if batch != 256:
         settings.append(f"batch {batch}")
+    settings += extra or []
     if not synthetic and not settings:
-        return "eva-2024", "eva linear probe (eva 0.4 offline protocol), CLS embeddings by default"
-    kind = "synthetic" if synthetic else "real"
+        return "eva-2024", "eva's protocol (linear probe, ABMIL, segmentation decoder), CLS embeddings by default"
+    kind_name = "synthetic" if synthetic else "real"
     suffix = "-".join(s.replace(" ", "") for s in settings)
-    protocol = f"eva-{kind}" + (f"-{suffix}" if suffix else "")
-    detail = (f"{'synthetic eva data (not the eva datasets)' if synthetic else 'eva data'}, linear probe"
+    protocol = f"eva-{kind_name}" + (f"-{suffix}" if suffix else "")
+    detail = (f"{'synthetic eva data (not the eva datasets)' if synthetic else 'eva data'}, eva's heads"
               + (f" ({', '.join(settings)})" if settings else ""))
     return protocol, detail
 
 
 class EvaBenchmark(Benchmark):
-    """eva-compatible patch classification with eva's linear-probe protocol."""
+    """kaiko eva's patch, slide and segmentation tasks (the seed paper's Table 2)."""
 
     name = "eva"
-    protocol = "eva-v1"
-    title = "EVA patch classification (linear probe)"
-    description = ("kaiko eva's offline linear-probe protocol on BACH, CRC, MHIST and PatchCamelyon; "
-                   "the average leaves BACH out, as the seed paper does.")
+    protocol = "eva-v2"
+    title = "EVA (patch, slide and segmentation tasks)"
+    description = ("kaiko eva's protocols: linear probe on BACH, CRC, MHIST and PatchCamelyon; ABMIL on "
+                   "Camelyon16-small and PANDA-small; a decoder on CoNSeP and MoNuSAC. The average leaves BACH out.")
     Options = EvaOptions
-    tasks = tuple(Task(t.name, t.label, t.metric, description=f"{t.num_classes} classes, reported on "
-                       f"{t.report_split}") for t in TASKS.values())
+    tasks = tuple(Task(name, label, metric, granularity) for name, (label, metric, granularity) in ALL_TASKS.items())
     metrics = (Metric("balanced_accuracy", "balanced accuracy", unit="run",
-                      description="binary balanced accuracy of one probe run"),
+                      description="binary balanced accuracy of one run"),
                Metric("macro_accuracy", "macro accuracy", unit="run",
-                      description="multiclass macro-averaged accuracy (balanced accuracy) of one probe run"))
+                      description="multiclass macro-averaged accuracy (balanced accuracy) of one run"),
+               Metric("dice", "Dice", unit="run", description="eva's MonaiDiceScore of one run (foreground classes)"))
     data_sources = ("synthetic", "PATH")
     precomputed = ("embeddings_dir",)
     pooling = DEFAULT_POOLING
@@ -346,7 +237,7 @@ class EvaBenchmark(Benchmark):
         title="EVA",
         per_task=Column("task", "task", "eva metric on the task (balanced accuracy for binary, macro accuracy for "
                         "multiclass tasks; Dice for segmentation), mean over runs", statistic="mean", spread="std"),
-        task_order=("BACH", "CRC", "MHIST", "PCam", "Cam16", "PANDA", "CoNSeP", "MoNuSAC"),
+        task_order=tuple(label for label, _, _ in ALL_TASKS.values()),
         aggregates=(Aggregate("average", "Average (w/o BACH)", "mean over the tasks present except BACH (the seed "
                               "paper's and eva's rule)", exclude=("BACH",)),),
         primary=("average",),
@@ -360,103 +251,207 @@ class EvaBenchmark(Benchmark):
                                  "--data synthetic (offline demo data), or --embeddings-dir DIR.")
         if options.embeddings_dir and not Path(options.embeddings_dir).expanduser().is_dir():
             raise DataError(f"--embeddings-dir {options.embeddings_dir}: no such folder.")
+        if options.panda_labels and not Path(options.panda_labels).expanduser().is_file():
+            raise DataError(f"--panda-labels {options.panda_labels}: no such file; expected PANDA's "
+                            "train_with_noisy_labels.csv.")
+
+    # -- data ------------------------------------------------------------------------
+    def _task_roots(self, options: EvaOptions, data: str, cache_dir: str | None) -> tuple[Path, dict[str, Path], str]:
+        wanted = options.task_list or list(ALL_TASKS)
+        patch = [t for t in wanted if kind(t) is Granularity.TILE]
+        roots: dict[str, Path] = {}
+        labels = options.panda_labels
+        if data == "hf":
+            raise PathbenchError("eva's datasets are not on the Hugging Face hub in eva's layout; download them as "
+                                 "eva's docs describe (or with eva's `download: true`) and pass --data PATH.")
+        if data == "synthetic":
+            data_root = synthetic_root(cache_dir)
+            if patch:
+                roots.update(resolve_data(data, patch, cache_dir)[1])
+            if any(kind(t) is Granularity.BAG for t in wanted):
+                slide_roots = eva_slide.synthetic_roots(cache_dir)
+                labels = labels or str(slide_roots["panda_labels"])
+                roots.update({t: slide_roots[t] for t in wanted if kind(t) is Granularity.BAG})
+            if any(kind(t) is Granularity.GRID for t in wanted):
+                seg_root = eva_seg.synthetic_root(cache_dir)
+                roots.update({t: seg_root / eva_seg.SPLITS[t][2] for t in wanted if kind(t) is Granularity.GRID})
+            return data_root, roots, labels
+        data_root = Path(data).expanduser()
+        if data_root.is_file():
+            raise DataError(f"--data {data} is a file; eva's DATA_ROOT is a folder of task folders.")
+        if not data_root.is_dir():
+            raise DataError(f"--data {data}: no such folder; expected eva's DATA_ROOT, a folder holding its task "
+                            "folders (bach/, crc/, mhist/, patch_camelyon/, camelyon16/, panda/, consep/, monusac/).")
+        finders = {Granularity.TILE: eva_patch.find_task_root, Granularity.BAG: eva_slide.find_root,
+                   Granularity.GRID: eva_seg.find_root}
+        found = {t: finders[kind(t)](t, data_root) for t in wanted}
+        missing = [t for t, folder in found.items() if folder is None]
+        if options.task_list and missing:
+            raise DataError(f"--data {data_root}: no data for {', '.join(missing)} in eva's layout; expected e.g. "
+                            f"{data_root}/crc/NCT-CRC-HE-100K, {data_root}/camelyon16/training/tumor, "
+                            f"{data_root}/panda/train_images, {data_root}/consep/Train/Images.")
+        roots = {t: f for t, f in found.items() if f is not None}
+        if not roots:
+            raise DataError(f"--data {data_root}: none of the eva tasks ({', '.join(ALL_TASKS)}) was found in eva's "
+                            "layout.")
+        return data_root, roots, labels
 
     def prepare(self, options: EvaOptions, data: str | None, *, cache_dir: str | None = None,
                 progress: bool = True) -> Inputs:
-        data_root, task_roots = resolve_data(data, options.task_list, cache_dir)
-        if progress:
-            print("eva tasks: " + ", ".join(f"{TASKS[t].label} ({folder})" for t, folder in task_roots.items()))
-        requests, labels, origins = {}, {}, {}
-        for task, task_root in task_roots.items():
-            for split in TASK_DATA[task].splits:
-                dataset = open_split(task, task_root, split)
-                requests[f"{task}/{split}"] = DataRequest(dataset, desc=f"{task} {split}")
-                labels[f"{task}/{split}"] = np.asarray(dataset.labels)
-                origins[f"{task}/{split}"] = list(dataset.origins)
+        data_root, roots, panda_labels = self._task_roots(options, data, cache_dir)
         synthetic = data == "synthetic"
-        record = {"kind": "synthetic" if synthetic else "local", "path": str(data_root), "synthetic": synthetic,
-                  "task_roots": {t: str(f) for t, f in task_roots.items()}}
-        return Inputs(requests=requests, context={"tasks": list(task_roots), "labels": labels, "origins": origins},
-                      data=record, input_size=(EVA_IMAGE_SIZE, EVA_IMAGE_SIZE))
+        if progress:
+            print("eva tasks: " + ", ".join(f"{ALL_TASKS[t][0]} ({folder})" for t, folder in roots.items()))
+        inputs = Inputs(data={"kind": "synthetic" if synthetic else "local", "path": str(data_root),
+                              "synthetic": synthetic, "task_roots": {t: str(f) for t, f in roots.items()}},
+                        context={"tasks": list(roots), "labels": {}, "origins": {}, "slides": {}, "skipped": {},
+                                 "segmentation": {}},
+                        input_size=(EVA_IMAGE_SIZE, EVA_IMAGE_SIZE))
+        for task, root in roots.items():
+            if kind(task) is Granularity.TILE:
+                requests, labels, origins = eva_patch.prepare(task, root)
+                inputs.context["labels"].update(labels)
+                inputs.context["origins"].update(origins)
+            elif kind(task) is Granularity.BAG:
+                requests, context = eva_slide.prepare(task, root, panda_labels)
+                inputs.context["slides"].update(context["slides"])
+                inputs.context["skipped"][task] = context["skipped"]
+            else:
+                requests, context, online = eva_seg.prepare(task, root, options.seg_protocol, strict=not synthetic,
+                                                            cache_dir=cache_dir)
+                inputs.context["segmentation"][task] = context
+                inputs.wants_encoder = inputs.wants_encoder or online
+            inputs.requests.update(requests)
+        return inputs
 
     def load_precomputed(self, options: EvaOptions, data: str | None, *, cache_dir: str | None = None,
                          progress: bool = True) -> Inputs:
-        from pathbench.benches.base import EmbeddingSet
-
         tasks = options.task_list
         folder = Path(options.embeddings_dir).expanduser()
-        wanted = tasks or list(TASKS)
-        folders = {t: find_manifest(t, folder, single=bool(tasks) and len(tasks) == 1) for t in wanted}
+        dense = [t for t in tasks or [] if kind(t) is Granularity.GRID]
+        if dense:
+            raise PathbenchError(f"--embeddings-dir holds no token grids: the segmentation tasks ({', '.join(dense)}) "
+                                 "need a model (--model NAME --data PATH).")
+        wanted = tasks or [t for t in ALL_TASKS if kind(t) is not Granularity.GRID]
+        single = bool(tasks) and len(tasks) == 1
+        folders = {t: (find_manifest(t, folder, single) if kind(t) is Granularity.TILE
+                       else _slide_manifest(t, folder, single)) for t in wanted}
         missing = [t for t, f in folders.items() if f is None]
         if tasks and missing:
             raise DataError(f"--embeddings-dir {folder}: no eva manifest for {', '.join(missing)}; expected "
-                            f"{folder}/<{'|'.join(TASK_DATA[t].eva_dir for t in missing)}>/manifest.csv"
-                            + (" or a manifest.csv in the folder itself." if len(wanted) == 1 else "."))
+                            f"{folder}/<task folder>/manifest.csv (e.g. "
+                            f"{'|'.join(_eva_dir(t) for t in missing)})"
+                            + (" or a manifest.csv in the folder itself." if single else "."))
         folders = {t: f for t, f in folders.items() if f is not None}
         if not folders:
             raise DataError(f"--embeddings-dir {folder}: no eva task folder with a manifest.csv "
-                            f"({', '.join(d.eva_dir for d in TASK_DATA.values())}).")
-        embeddings, labels = {}, {}
+                            f"({', '.join(_eva_dir(t) for t in ALL_TASKS if kind(t) is not Granularity.GRID)}).")
+        inputs = Inputs(data={"kind": "embeddings", "path": str(folder), "synthetic": False,
+                              "folders": {t: str(f) for t, f in folders.items()}},
+                        context={"tasks": list(folders), "labels": {}, "targets": {}, "skipped": {}})
         for task, task_folder in folders.items():
-            for split, values in read_eva_embeddings(task_folder, progress=progress).items():
-                embeddings[f"{task}/{split}"] = EmbeddingSet(list(values.origins), values.embeddings)
-                labels[f"{task}/{split}"] = values.targets
-        record = {"kind": "embeddings", "path": str(folder), "synthetic": False,
-                  "folders": {t: str(f) for t, f in folders.items()}}
-        return Inputs(embeddings=embeddings, context={"tasks": list(folders), "labels": labels}, data=record)
+            if kind(task) is Granularity.TILE:
+                embeddings, labels = eva_patch.load_precomputed(task, task_folder, progress)
+                inputs.context["labels"].update(labels)
+            else:
+                embeddings, context = eva_slide.load_precomputed(task, task_folder)
+                inputs.context["targets"].update(context["targets"])
+            inputs.embeddings.update(embeddings)
+        return inputs
 
+    # -- evaluation ------------------------------------------------------------------
     def evaluate(self, inputs: Inputs, options: EvaOptions, context: RunContext) -> BenchResult:
         from pathbench.heads import summarise_runs
 
         synthetic = inputs.synthetic
+        tasks = [t for t in ALL_TASKS if t in inputs.context["tasks"]]
         max_steps, probe_batch = options.probe_settings(synthetic)
-        notes = []
-        if (max_steps, probe_batch) != (12_500, 256):
+        seg = options.seg_settings(synthetic)
+        notes, extra, rows, protocols = [], [], [], {}
+        if any(kind(t) is Granularity.TILE for t in tasks) and (max_steps, probe_batch) != (12_500, 256):
             notes.append(f"linear probe with batch {probe_batch} and at most {max_steps} steps (eva's protocol: "
                          "batch 256, 12500 steps)" + (" for the tiny synthetic splits" if synthetic else ""))
-        rows: list[dict[str, Any]] = []
-        protocols = {}
-        for task in [t for t in TASKS if t in inputs.context["tasks"]]:
-            splits = {key.split("/", 1)[1]: (np.asarray(emb.array, dtype=np.float32), inputs.context["labels"][key])
-                      for key, emb in inputs.embeddings.items() if key.split("/", 1)[0] == task}
-            protocol = protocol_for(TASKS[task], runs=options.runs, max_steps=max_steps, seed=options.seed,
-                                    batch_size=probe_batch)
-            protocols[task] = dataclasses.asdict(protocol)
-            task_started = time.time()
-            task_rows = evaluate_task(task, splits, protocol, device=context.device, progress=context.progress)
+        for task in tasks:
+            started = time.time()
+            if kind(task) is Granularity.TILE:
+                splits = {k.split("/", 1)[1]: (np.asarray(e.array, dtype=np.float32), inputs.context["labels"][k])
+                          for k, e in inputs.embeddings.items() if k.split("/", 1)[0] == task}
+                protocol = protocol_for(TASKS[task], runs=options.runs or 5, max_steps=max_steps, seed=options.seed,
+                                        batch_size=probe_batch)
+                protocols[task] = dataclasses.asdict(protocol)
+                task_rows = evaluate_task(task, splits, protocol, device=context.device, progress=context.progress)
+            elif kind(task) is Granularity.BAG:
+                task_rows = eva_slide.evaluate(task, inputs, inputs.context, runs=options.runs, seed=options.seed,
+                                               device=context.device, progress=context.progress)
+                for skip in inputs.context["skipped"].get(task, []):
+                    notes.append(f"{task}: slide {skip['slide_id']} ({skip['split']}) skipped: {skip['reason']}")
+            else:
+                task_rows = eva_seg.evaluate(task, inputs, context, seg_protocol=options.seg_protocol,
+                                             decoder=options.decoder, seed=options.seed, **seg)
             rows.extend(task_rows)
             mean, std = summarise_runs([r["value"] for r in task_rows])
             if context.progress:
-                print(f"{TASKS[task].label}: {task_rows[0]['metric']} on {TASKS[task].report_split} = {mean:.4f} ± "
-                      f"{std:.4f} ({options.runs} runs, {time.time() - task_started:.1f} s)")
+                print(f"{ALL_TASKS[task][0]}: {task_rows[0]['metric']} on {task_rows[0]['split']} = {mean:.4f} ± "
+                      f"{std:.4f} ({len(task_rows)} runs, {time.time() - started:.1f} s)")
+        if any(kind(t) is Granularity.BAG for t in tasks) and (options.runs or SLIDE_RUNS) != SLIDE_RUNS:
+            extra.append(f"ABMIL {options.runs} runs")
+        if any(kind(t) is Granularity.GRID for t in tasks):
+            if "monusac" in tasks and options.seg_protocol == "cached":
+                extra.append("segmentation cached")
+            if options.decoder != "conv_with_image":
+                extra.append(f"decoder {options.decoder.replace('_', '')}")
+            if any(seg[k] for k in seg) and synthetic:
+                extra.append(f"segmentation {seg['max_steps']} steps")
+            elif any(seg[k] for k in seg):
+                extra.append("segmentation non-default")
+        patch_runs = options.runs or 5 if any(kind(t) is Granularity.TILE for t in tasks) else 5
+        protocol_id, detail = eva_protocol(synthetic, max_steps if any(kind(t) is Granularity.TILE for t in tasks)
+                                           else 12_500, patch_runs,
+                                           probe_batch if any(kind(t) is Granularity.TILE for t in tasks) else 256,
+                                           extra)
         summary = summarise(rows)
         average = average_without_bach(summary)
         average = None if average is None or math.isnan(average) else average
-        protocol_id, detail = eva_protocol(synthetic, max_steps, options.runs, probe_batch)
         record = {"tasks": list(summary["task"]), "average_without_bach": average,
                   "settings": {"runs": options.runs, "max_steps": max_steps, "probe_batch_size": probe_batch,
-                               "seed": options.seed},
+                               "seed": options.seed, "segmentation": {**seg, "protocol": options.seg_protocol,
+                                                                      "decoder": options.decoder}},
                   "probe": {"name": "eva linear probe (offline patch classification)",
                             "eva_defaults": max_steps == 12_500 and probe_batch == 256, "per_task": protocols},
+                  "skipped_slides": inputs.context.get("skipped", {}),
                   "summary": summary.to_dict(orient="records")}
         long_rows = result_rows({"task": r["task"], "unit": r["run"], "metric": r["metric"], "value": r["value"]}
                                 for r in rows)
         return BenchResult(rows=long_rows, tables={"runs.csv": pd.DataFrame(rows), "summary.csv": summary},
                            summary=summary, headline={"average": average}, protocol=protocol_id,
-                           protocol_detail=detail, record=record, report="\n" + format_table(context.model_name, summary),
-                           notes=notes)
+                           protocol_detail=detail, record=record,
+                           report="\n" + format_table(context.model_name, summary), notes=notes)
 
     def export(self, inputs: Inputs, out: Path, fmt: str, *, progress: bool = True) -> list[Path]:
-        """eva's offline format: ``out/<eva task folder>/manifest.csv`` and one ``.pt`` per image."""
+        """eva's offline formats: patch tasks (one ``.pt`` per image) and slide tasks (one per slide)."""
         written = []
         for task in inputs.context["tasks"]:
-            keys = [f"{task}/{split}" for split in TASK_DATA[task].splits]
-            embeddings = np.concatenate([np.asarray(inputs.embeddings[k].array) for k in keys])
-            targets = np.concatenate([inputs.context["labels"][k] for k in keys])
-            origins = [o for k in keys for o in inputs.context["origins"][k]]
-            splits = [k.split("/", 1)[1] for k in keys for _ in range(len(inputs.embeddings[k]))]
-            manifest = write_eva_embeddings(Path(out) / TASK_DATA[task].eva_dir, embeddings, targets, origins, splits,
-                                            progress=progress)
-            print(f"{TASKS[task].label}: eva embeddings and manifest in {manifest.parent}")
+            if kind(task) is Granularity.TILE:
+                manifest = eva_patch.export(task, inputs.embeddings, inputs.context["labels"],
+                                            inputs.context["origins"], Path(out), progress=progress)
+            elif kind(task) is Granularity.BAG:
+                manifest = eva_slide.export(task, inputs, inputs.context, Path(out), progress=progress)
+            else:
+                raise PathbenchError(f"{task}: eva has no offline embedding format for segmentation; export the "
+                                     "patch and slide tasks only.")
+            print(f"{ALL_TASKS[task][0]}: eva embeddings and manifest in {manifest.parent}")
             written.append(manifest)
         return written
+
+
+def _eva_dir(task: str) -> str:
+    return TASK_DATA[task].eva_dir if kind(task) is Granularity.TILE else eva_slide.FOLDERS[task][1]
+
+
+def _slide_manifest(task: str, folder: Path, single: bool) -> Path | None:
+    for name in (*eva_slide.FOLDERS[task], task):
+        if (folder / name / "manifest.csv").is_file():
+            return folder / name
+    if single and (folder / "manifest.csv").is_file():
+        return folder
+    return None

@@ -206,7 +206,7 @@ class MoNuSACDataset(SegmentationDataset):
                             f"missing beside {missing[0].with_suffix('.tif')}; every image needs its .xml.")
         self.item_ids = [f"{split}/{p.relative_to(self.split_dir).as_posix()}" for p in self.image_paths]
         self.fingerprint = files_digest(self.root, self.image_paths + self.xml_paths, f"monusac:{split}\0")
-        from pathbench.features import cache_root
+        from pathbench.settings import cache_root
 
         self.mask_dir = cache_root(cache_dir) / "segmentation-masks" / "monusac"
 

@@ -272,6 +272,6 @@ def make_synthetic_segmentation(
 
 def synthetic_segmentation_root(cache_dir: str | os.PathLike | None = None) -> Path:
     """Where ``--data synthetic`` keeps these sets: ``<pathbench cache>/datasets/synthetic-segmentation-v<N>``."""
-    from pathbench.features import cache_root
+    from pathbench.settings import cache_root
 
     return cache_root(cache_dir) / "datasets" / f"synthetic-segmentation-v{GENERATOR_VERSION}"

@@ -205,7 +205,7 @@ def make_synthetic_slides(root: str | os.PathLike, tasks: tuple[str, ...] = ("ca
 
 def synthetic_slides_root(cache_dir: str | os.PathLike | None = None) -> Path:
     """Where the demo keeps them: ``<pathbench cache>/datasets/synthetic-eva-slides-v<N>``."""
-    from pathbench.features import cache_root
+    from pathbench.settings import cache_root
 
     return cache_root(cache_dir) / "datasets" / f"synthetic-eva-slides-v{GENERATOR_VERSION}"
 

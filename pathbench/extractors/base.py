@@ -12,6 +12,8 @@ import torch.nn.functional as F
 from pathbench.errors import PathbenchError
 from pathbench.extractors.spec import ModelSpec, check_pooling, resolve_precision
 
+GRID = "grid"  # the patch-token grid, for dense tasks (a storage form, not a pooling users choose)
+
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -126,18 +128,68 @@ class Extractor:
         return self.spec.num_prefix_tokens
 
     def output_dim(self, pooling: str | None = None) -> int:
-        return self.spec.output_dim(pooling or self.pooling)
+        """Width of one stored embedding (a grid is stored flattened: ``dim * h * w``)."""
+        pooling = pooling or self.pooling
+        if pooling == GRID:
+            height, width = self.grid_size()
+            return self.spec.embed_dim * height * width
+        return self.spec.output_dim(pooling)
 
     def identity(self, pooling: str | None = None) -> dict[str, Any]:
         """What determines this extractor's embeddings (keys the feature cache)."""
+        pooling = pooling or self.pooling
         return {
             "model": self.spec.name,
             "architecture": self.spec.architecture_digest(),
             "weights": self.weights_fingerprint,
             "preprocessing": self.spec.preprocessing(),
-            "pooling": check_pooling(pooling or self.pooling),
+            "pooling": pooling if pooling == GRID else check_pooling(pooling),
             "precision": self.precision,
         }
+
+    @property
+    def patch_size(self) -> int:
+        """Side of one patch token in pixels (from the built network)."""
+        backbone = self.model.backbone
+        if self.spec.family == "timm":
+            size = backbone.patch_embed.patch_size
+        else:
+            size = backbone.config.patch_size
+        return int(size[0] if isinstance(size, (tuple, list)) else size)
+
+    def grid_size(self) -> tuple[int, int]:
+        """``(h, w)`` of the patch-token grid of one input (``crop x crop`` pixels)."""
+        return self.spec.crop // self.patch_size, self.spec.crop // self.patch_size
+
+    @torch.inference_mode()
+    def forward_grid(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Normalised images ``(B, 3, H, W)`` -> the last layer's patch tokens as ``(B, dim, h, w)`` float32.
+
+        As eva's segmentation encoders: a timm model gives the last block's output before
+        its final norm (timm's ``forward_intermediates(norm=False)``, which eva's
+        ``features_only`` backbones call); a transformers model its ``last_hidden_state``
+        (after the norm). Class token and registers are dropped.
+        """
+        with self.autocast():
+            if self.spec.family == "timm":
+                grid = self.model.backbone.forward_intermediates(
+                    pixels.to(self.device), indices=1, norm=False, output_fmt="NCHW", intermediates_only=True)[-1]
+            else:
+                tokens = self.model(pixels.to(self.device))
+                patches = tokens[:, self.num_prefix_tokens:]
+                height, width = pixels.shape[-2] // self.patch_size, pixels.shape[-1] // self.patch_size
+                if patches.shape[1] != height * width:
+                    raise PathbenchError(f"{self.name}: {patches.shape[1]} patch tokens for a {height} x {width} grid.")
+                grid = patches.transpose(1, 2).reshape(len(patches), -1, height, width)
+        return grid.float()
+
+    def embed_pixels(self, pixels: torch.Tensor, pooling: str | None = None) -> torch.Tensor:
+        """Normalised images -> stored embeddings ``(B, output_dim(pooling))`` float32 on the
+        device: pooled tokens, or the flattened token grid for ``pooling="grid"``."""
+        pooling = pooling or self.pooling
+        if pooling == GRID:
+            return self.forward_grid(pixels).flatten(1)
+        return pool_tokens(self.forward_tokens(pixels), self.num_prefix_tokens, pooling).float()
 
     def with_input_size(self, resize: int, crop: int) -> Extractor:
         """The same network with another resize/crop before normalisation (shares the weights).
