@@ -45,9 +45,12 @@ from distill.models import (
     load_teacher_heads,
     student_spec,
 )
+from distill.registry import check_name_free, register_student
+from distill.rundir import LOG_FILE, STUDENT_DIR, RunLock, prepare_run_dir, trim_log
 from distill.schedules import CosineSchedule, LinearWarmup
 from pathbench import _io
 from pathbench.data.base import TileDataset
+from pathbench.diagnostics import EmbeddingHealth
 from pathbench.errors import PathbenchError
 
 logger = logging.getLogger("distill")
@@ -512,14 +515,22 @@ class Distiller:
         """Train until ``total_iters`` (or until step ``stop_after``, for tests and time limits).
 
         Checkpoints every ``output.checkpoint_every`` steps and at the end; exports the EMA
-        student when the run is complete. Returns a summary.
+        student when the run is complete. ``log.jsonl`` holds one record per ``output.log_every``
+        steps and one for the last step; records past the current step (left by a run killed
+        after its last checkpoint) are dropped first, so each step appears once and a resumed
+        run's log equals an uninterrupted run's. Returns a summary.
         """
         cfg = self.cfg
         stop = self.total_iters if stop_after is None else min(stop_after, self.total_iters)
-        log_path = self.run_dir / "log.jsonl"
+        log_path = self.run_dir / LOG_FILE
         if self.env.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             _io.write_json(self.run_dir / "config.json", cfg.to_dict())
+            # Records past the current step belong to work that is about to be redone.
+            dropped = trim_log(log_path, self.step)
+            if dropped:
+                logger.info("dropped %d log records past step %d (written after the last checkpoint)",
+                            dropped, self.step)
         bar = None
         if progress and self.env.is_main:
             from tqdm.auto import tqdm
@@ -550,7 +561,9 @@ class Distiller:
         if self.env.is_main:
             plot_loss_curve(log_path, self.run_dir / "loss_curve.png")
             if summary["complete"] and cfg.output.export:
-                summary["student_dir"] = str(self.export())
+                folder = self.export()
+                summary["student_dir"] = str(folder)
+                summary["model"] = f"distilled:{cfg.student_name() if cfg.output.register else folder}"
         return summary
 
     def _one_step(self, global_crops, local_crops, data_wait: float, stop: int, log_path: Path, bar) -> dict[str, Any]:
@@ -565,7 +578,8 @@ class Distiller:
             raise PathbenchError(
                 f"the loss became {record['loss']} at step {self.step}; lower optim.lr or use fp32/bf16."
             )
-        if self.env.is_main and (self.step % cfg.output.log_every == 0 or self.step == stop):
+        # The steps logged depend only on the run's length, not on where it was stopped.
+        if self.env.is_main and (self.step % cfg.output.log_every == 0 or self.step == self.total_iters):
             with open(log_path, "a", encoding="utf-8") as handle:
                 handle.write(json.dumps(record) + "\n")
         if cfg.output.checkpoint_every and self.step % cfg.output.checkpoint_every == 0 and self.step < stop:
@@ -583,10 +597,29 @@ class Distiller:
         dist.all_reduce(value, op=dist.ReduceOp.MAX)
         return bool(value.item())
 
+    def reference_health(self) -> EmbeddingHealth:
+        """Embedding health (:mod:`pathbench.diagnostics`) of the EMA student, default pooling, on
+        the 44 real tissue tiles shipped with pathbench: a near-constant student is caught here."""
+        from pathbench.data.synthetic_plism import load_demo_tiles
+        from pathbench.diagnostics import embedding_health
+        from pathbench.extractors import Extractor
+
+        tiles, _ = load_demo_tiles()
+        probe = Extractor(self.spec, copy.deepcopy(self.ema), "ema", device=self.device)
+        embeddings = torch.cat([probe.embed(torch.from_numpy(tiles[i : i + 16])) for i in range(0, len(tiles), 16)])
+        return embedding_health(embeddings.numpy())
+
     def export(self, name: str | None = None) -> Path:
-        """Export the EMA student (safetensors + JSON spec) into the students folder."""
+        """Export the EMA student (safetensors + JSON spec) into ``<run folder>/student`` and,
+        unless ``output.register`` is off, register it as ``distilled:<name>`` (default: the
+        run folder's name). The spec records the student's :meth:`reference_health`."""
         cfg = self.cfg
-        name = name or cfg.name
+        name = name or cfg.student_name()
+        health = self.reference_health()
+        if health.degenerate:
+            logger.warning("the exported student is degenerate on the reference tiles: %s", health.summary())
+        else:
+            logger.info("student on the %d reference tiles: %s", health.n_items, health.summary())
         record = {
             "objective": cfg.objective,
             "teacher": {
@@ -599,12 +632,19 @@ class Distiller:
             "steps": self.step,
             "distillation_steps": max(0, self.step - self.fit_iters),
             "images_seen": self.step * cfg.optim.batch_size,
+            "run_dir": str(self.run_dir.resolve()),
+            "reference_health": {"tiles": "pathbench shipped tissue tiles (cmu_small_region_tiles.npz)",
+                                 **health.to_dict()},
             "config": cfg.to_dict(),
         }
         # The timm network itself (not pathbench's token wrapper): its keys are timm's.
         network = getattr(self.ema, "backbone", self.ema)
-        folder = export_student(network, self.spec, name, cfg.output.students_dir, record)
-        logger.info("exported the EMA student to %s (model distilled:%s)", folder, name)
+        folder = export_student(network, self.spec, name, self.run_dir / STUDENT_DIR, record)
+        if cfg.output.register:
+            link = register_student(name, folder, cfg.output.students_dir)
+            logger.info("exported the EMA student to %s: model distilled:%s (registered in %s)", folder, name, link)
+        else:
+            logger.info("exported the EMA student to %s: model distilled:%s", folder, folder)
         return folder
 
 
@@ -688,18 +728,53 @@ def train(
     cfg: DistillConfig,
     *,
     resume: bool = False,
+    overwrite: bool = False,
     stop_after: int | None = None,
     progress: bool = True,
     teacher: Teacher | None = None,
     data: TileDataset | HubSource | None = None,
     env: DistEnv | None = None,
 ) -> dict[str, Any]:
-    """Run (or resume) a distillation described by ``cfg``; returns :meth:`Distiller.fit`'s summary."""
-    distiller = Distiller(cfg, env=env, teacher=teacher, data=data)
-    if resume:
-        if distiller.checkpoint_path.is_file():
-            distiller.load_state_dict(load_checkpoint(distiller.checkpoint_path))
-            logger.info("resumed from %s at step %d", distiller.checkpoint_path, distiller.step)
-        else:
-            logger.info("no checkpoint in %s: starting from step 0", distiller.checkpoint_path.parent)
-    return distiller.fit(stop_after=stop_after, progress=progress)
+    """Run (or resume) a distillation described by ``cfg``; returns :meth:`Distiller.fit`'s summary.
+
+    The run folder is locked for the whole run (:class:`distill.rundir.RunLock`). A folder that
+    holds an earlier run is refused unless ``resume`` (continue from its checkpoint) or
+    ``overwrite`` (delete its outputs first); a student name taken by another run is refused
+    before any training. Under torchrun, rank 0 decides and every rank follows.
+    """
+    env = env or setup_distributed(cfg.device)
+    run_dir = cfg.run_dir()
+    lock = RunLock(run_dir) if env.is_main else None
+    refusal: PathbenchError | None = None
+    if lock is not None:
+        try:
+            lock.acquire()
+            prepare_run_dir(run_dir, resume=resume, overwrite=overwrite)
+            if cfg.output.export and cfg.output.register:
+                check_name_free(cfg.student_name(), run_dir / STUDENT_DIR, cfg.output.students_dir)
+        except PathbenchError as exc:
+            lock.release()
+            refusal = exc
+    if not _all_ranks_agree(refusal is None, env):
+        raise refusal or PathbenchError(f"rank 0 refused the run folder {run_dir}: see its message.")
+    try:
+        distiller = Distiller(cfg, env=env, teacher=teacher, data=data)
+        if resume:
+            if distiller.checkpoint_path.is_file():
+                distiller.load_state_dict(load_checkpoint(distiller.checkpoint_path))
+                logger.info("resumed from %s at step %d", distiller.checkpoint_path, distiller.step)
+            else:
+                logger.info("no checkpoint in %s: starting from step 0", distiller.checkpoint_path.parent)
+        return distiller.fit(stop_after=stop_after, progress=progress)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _all_ranks_agree(ok: bool, env: DistEnv) -> bool:
+    """Rank 0's ``ok`` as seen by every rank (the others pass True)."""
+    if not dist.is_initialized():
+        return ok
+    flag = torch.tensor([1.0 if ok else 0.0], device=env.device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item())
