@@ -88,7 +88,8 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     """Run the command; returns the exit status."""
-    from distill.train import setup_distributed, train
+    from distill.distributed import setup_distributed
+    from distill.train import train
 
     cfg = load_config(args.config, overrides_from_args(args))
     env = setup_distributed(cfg.device)

@@ -153,6 +153,48 @@ def test_without_flock_the_pid_and_host_decide(tmp_path, monkeypatch, caplog, wh
             lock.acquire()
 
 
+def _ddp_train(rank, world, init_file, cfg_values, resume, report_dir):
+    import torch.distributed as dist
+
+    from distill.train import DistEnv
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        cfg = load_config("smoke", cfg_values)
+        env = DistEnv(rank=rank, world=world, local_rank=rank, device=torch.device("cpu"))
+        try:
+            train(cfg, teacher=make_teacher(cfg), data=TILES, env=env, progress=False, resume=resume)
+            outcome = "ran"
+        except PathbenchError as exc:
+            outcome = f"refused: {exc}"
+        Path(report_dir, f"rank{rank}.txt").write_text(outcome)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_under_torchrun_rank_0_decides_for_every_rank(tmp_path):
+    import torch.multiprocessing as mp
+
+    cfg_values = {"objective": "features", "cpu_threads": 1, "student.img_size": 56, "student.embed_dim": 32,
+                  "student.depth": 1, "student.num_heads": 2, "crops.global_size": 56, "heads.projector_hidden": 32,
+                  "optim.batch_size": 4, "optim.iterations": 2, "data.num_workers": 0, "output.export": False,
+                  "output.dir": str(tmp_path / "run")}
+    outcomes = []
+    for attempt, resume in enumerate((False, False, True)):  # a run, a refused restart, a resume
+        report = tmp_path / f"report-{attempt}"
+        report.mkdir()
+        context = mp.start_processes(_ddp_train, args=(2, str(tmp_path / f"init-{attempt}"), cfg_values, resume,
+                                                      str(report)), nprocs=2, join=False, start_method="fork")
+        deadline = time.monotonic() + 120
+        while not context.join(timeout=1):
+            assert time.monotonic() < deadline, "a rank is stuck"
+        outcomes.append([(report / f"rank{r}.txt").read_text() for r in range(2)])
+    assert outcomes[0] == ["ran", "ran"] and outcomes[2] == ["ran", "ran"]
+    assert outcomes[1][0].startswith("refused: run folder") and "--overwrite" in outcomes[1][0]
+    assert outcomes[1][1].startswith("refused: rank 0 refused the run folder")
+
+
 # ---- the log after a resume ---------------------------------------------------------------------
 
 
