@@ -377,3 +377,19 @@ def test_the_smoke_recipe_trains_a_student_that_is_not_degenerate(tmp_path):
     recorded = json.loads((Path(summary["student_dir"]) / "spec.json").read_text())["reference_health"]
     assert recorded["mean_cosine"] == pytest.approx(health.mean_cosine, abs=1e-6) and not recorded["degenerate"]
     assert seconds < 120
+
+
+def test_the_demo_distillation_steps_run_twice_and_the_evaluation_names_the_student_they_made(tmp_path, monkeypatch):
+    from pathbench import demo
+    from pathbench.cli import main as pathbench_main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PATHBENCH_STUDENTS", str(tmp_path / "students"))
+    distill_step = next(argv for _, argv in demo.STEPS if argv[0] == "distill")
+    evaluate_step = next(argv for _, argv in demo.STEPS if argv[0] == "evaluate" and "distilled:" in " ".join(argv))
+    for _ in range(2):  # `make demo` twice: the second run replaces the first
+        assert pathbench_main([*distill_step, "--iterations", "2"]) == 0
+    out = Path(distill_step[distill_step.index("--out") + 1])
+    spec = resolve_student(evaluate_step[evaluate_step.index("--model") + 1])
+    assert Path(spec.weights_path).resolve() == (tmp_path / out / "student" / "model.safetensors").resolve()
+    assert not (tmp_path / "students").exists()  # the demo leaves the user's registry alone
