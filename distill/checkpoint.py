@@ -82,9 +82,11 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 def check_student_name(name: str) -> str:
+    """``name`` if it can be a student's name (``distilled:<name>``, a link file's name)."""
     if not _NAME.match(name):
         raise PathbenchError(
-            f"student name {name!r} must start with a letter or digit and contain only letters, digits, '.', '_' or '-'."
+            f"student name {name!r} must start with a letter or digit and contain only letters, digits, '.', '_' "
+            "or '-'; pass --name with such a name (the default is the run folder's name)."
         )
     return name
 

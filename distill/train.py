@@ -28,7 +28,7 @@ import torch.distributed as dist
 from torch import nn
 
 from distill.augment import MultiCrop
-from distill.checkpoint import export_student, load_checkpoint, save_checkpoint
+from distill.checkpoint import check_student_name, export_student, load_checkpoint, save_checkpoint
 from distill.config import DistillConfig
 from distill.data import HubSource, StepBatches, make_loader, open_source
 from distill.distributed import DistEnv, all_ranks_agree, setup_distributed, stop_on_signal
@@ -555,6 +555,8 @@ def train(
         try:
             lock.acquire()
             prepare_run_dir(run_dir, resume=resume, overwrite=overwrite)
+            if cfg.output.export:
+                check_student_name(cfg.student_name())
             if cfg.output.export and cfg.output.register:
                 check_name_free(cfg.student_name(), run_dir / STUDENT_DIR, cfg.output.students_dir)
         except PathbenchError as exc:

@@ -291,6 +291,15 @@ def test_a_deleted_run_frees_its_name_and_its_link_is_reported(tmp_path, monkeyp
     assert known_students()["reused"] == Path(summary["student_dir"])
 
 
+def test_a_run_folder_name_that_cannot_be_a_model_name_is_refused_before_training(tmp_path):
+    with pytest.raises(PathbenchError, match=r"student name 'my run' must .*pass --name"):
+        run_train(student_config(tmp_path, "my run", **{"output.register": False}))
+    assert not (tmp_path / "my run" / "checkpoints").exists()
+    summary = run_train(student_config(tmp_path, "my run", **{"output.student_name": "my-run",
+                                                               "output.register": False}))
+    assert json.loads((Path(summary["student_dir"]) / "spec.json").read_text())["name"] == "my-run"
+
+
 def test_no_register_exports_without_a_name(tmp_path, monkeypatch):
     monkeypatch.setenv("PATHBENCH_STUDENTS", str(tmp_path / "students"))
     summary = run_train(student_config(tmp_path, "run-a", **{"output.register": False}))
