@@ -99,6 +99,19 @@ class RunLock:
 
     def acquire(self) -> None:
         """Hold the folder or raise :class:`PathbenchError` naming the holder."""
+        try:
+            self._acquire()
+        except (PermissionError, FileExistsError, IsADirectoryError, NotADirectoryError) as exc:
+            raise PathbenchError(
+                f"cannot write to the run folder {self.run_dir} ({exc.strerror or exc}); choose another --out."
+            ) from None
+        except OSError as exc:
+            if exc.errno != errno.EROFS:
+                raise
+            raise PathbenchError(f"the run folder {self.run_dir} is on a read-only file system; "
+                                 "choose another --out.") from None
+
+    def _acquire(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if fcntl is not None:
             while True:

@@ -195,6 +195,14 @@ def test_under_torchrun_rank_0_decides_for_every_rank(tmp_path):
     assert outcomes[1][1].startswith("refused: rank 0 refused the run folder")
 
 
+def test_an_out_that_cannot_be_a_folder_is_a_one_line_error(tmp_path, capsys):
+    (tmp_path / "file").write_text("not a folder")
+    for out in (tmp_path / "file", tmp_path / "file" / "run"):
+        code = distill_main(["--config", "smoke", "--out", str(out), "--no-progress"])
+        err = capsys.readouterr().err
+        assert code == 2 and "cannot write to the run folder" in err and "--out" in err and "Traceback" not in err
+
+
 # ---- the log after a resume ---------------------------------------------------------------------
 
 
