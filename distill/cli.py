@@ -14,8 +14,9 @@ from pathbench.errors import PathbenchError
 
 DESCRIPTION = (
     "Distil a large teacher (any pathbench extractor with class and patch tokens; default H-Optimus-0) into a "
-    "ViT-B/14 student with DINO + iBOT losses (the H0-mini recipe). The EMA student is exported to the students "
-    "folder and becomes the model distilled:<name>."
+    "ViT-B/14 student with DINO + iBOT losses (the H0-mini recipe). The EMA student is exported to "
+    "<out>/student and becomes the model distilled:<name> (default name: the run folder's) and "
+    "distilled:<out>/student."
 )
 
 
@@ -28,10 +29,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--teacher-heads", help="file with the teacher's DINO and iBOT heads (teacher.heads)")
     parser.add_argument("--objective", choices=OBJECTIVES, help="dino-ibot, fit-heads or features (objective)")
     parser.add_argument("--data", help="folder of images, parquet file or folder of shards, or hf:<dataset id>")
-    parser.add_argument("--out", help="run folder for logs and checkpoints (output.dir)")
-    parser.add_argument("--name", help="name of the exported student: distilled:<name> (name)")
-    parser.add_argument("--students-dir", help="where to export the student (default $PATHBENCH_STUDENTS or "
-                        "<pathbench cache>/students)")
+    parser.add_argument("--out", help="run folder for logs, checkpoints and the exported student (output.dir; "
+                        "default ./distill-runs/<name>)")
+    parser.add_argument("--name", help="the run's name and its student's: distilled:<name> (name and "
+                        "output.student_name; default: the run folder's name)")
+    parser.add_argument("--students-dir", help="where the student's name is registered (output.students_dir; "
+                        "default $PATHBENCH_STUDENTS or <pathbench cache>/students)")
     parser.add_argument("--iterations", type=int, help="distillation steps (optim.iterations)")
     parser.add_argument("--batch-size", type=int, help="total batch size over all processes (optim.batch_size)")
     parser.add_argument("--device", help="auto, cpu or cuda (device)")
@@ -39,8 +42,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override any config key, e.g. --set optim.lr=0.001 (repeatable; VALUE is YAML)")
     parser.add_argument("--resume", action="store_true", help="continue from <out>/checkpoints/last.pt")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="delete the outputs of an earlier run in --out (checkpoints, log, student) and start again")
     parser.add_argument("--stop-after", type=int, help="stop at this step (with a checkpoint); continue later with --resume")
     parser.add_argument("--no-export", action="store_true", help="do not export the student at the end")
+    parser.add_argument("--no-register", action="store_true",
+                        help="export without registering a name; evaluate the student as distilled:<out>/student")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -61,19 +68,28 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
         "num_workers": "data.num_workers",
     }
     overrides = {key: getattr(args, attr) for attr, key in mapping.items() if getattr(args, attr, None) is not None}
+    if getattr(args, "name", None) is not None:
+        overrides["output.student_name"] = args.name
     if getattr(args, "no_export", False):
         overrides["output.export"] = False
+    if getattr(args, "no_register", False):
+        overrides["output.register"] = False
     for item in getattr(args, "set", []) or []:
         if "=" not in item:
             raise PathbenchError(f"--set expects KEY=VALUE (for example optim.lr=0.001), got {item!r}.")
         key, value = item.split("=", 1)
-        overrides[key.strip()] = yaml.safe_load(value)
+        try:
+            overrides[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            problem = str(exc).splitlines()[0]
+            raise PathbenchError(f"--set {item!r}: the value is not valid YAML ({problem}).") from None
     return overrides
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the command; returns the exit status."""
-    from distill.train import setup_distributed, train
+    from distill.distributed import setup_distributed
+    from distill.train import train
 
     cfg = load_config(args.config, overrides_from_args(args))
     env = setup_distributed(cfg.device)
@@ -81,13 +97,15 @@ def run(args: argparse.Namespace) -> int:
         level=logging.INFO if env.is_main else logging.WARNING,
         format=f"%(asctime)s [rank {env.rank}] %(message)s",
     )
-    summary = train(cfg, resume=args.resume, stop_after=args.stop_after, progress=not args.no_progress, env=env)
+    summary = train(cfg, resume=args.resume, overwrite=getattr(args, "overwrite", False), stop_after=args.stop_after,
+                    progress=not args.no_progress, env=env)
     if env.is_main:
         last = summary.get("last", {})
         print(
             f"distill: {summary['steps']} steps in {summary['run_dir']}"
             + (f"; last loss {last['loss']:.4f}" if "loss" in last else "")
-            + (f"; student exported to {summary['student_dir']}" if "student_dir" in summary else "")
+            + (f"; student exported to {summary['student_dir']} (--model {summary['model']})"
+               if "student_dir" in summary else "")
         )
     return 0
 

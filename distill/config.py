@@ -2,14 +2,17 @@
 
 The defaults of every field are the seed paper's Table 4 (ViT-B/14 student with 4 registers
 distilled from H-Optimus-0) completed with DINOv2's defaults where the paper is silent;
-``distill/configs/default.yaml`` spells them out and ``smoke.yaml`` shrinks everything so that
-a run takes about a minute on a CPU.
+``distill/configs/default.yaml`` spells them out; ``smoke.yaml`` is a plumbing check that
+runs in about 15 s on a CPU (random-weight teacher, tiny student). Every value, from a YAML
+file or ``--set``, is checked against its field's type.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -121,7 +124,9 @@ class OutputConfig:
     checkpoint_every: int = 1000
     log_every: int = 10
     students_dir: str | None = None  # default $PATHBENCH_STUDENTS or <pathbench cache>/students
-    export: bool = True
+    export: bool = True  # write the EMA student to <run folder>/student at the end
+    student_name: str | None = None  # registered as distilled:<student_name>; None: the run folder's name
+    register: bool = True  # register the exported student's name in the students folder
 
 
 @dataclass
@@ -155,6 +160,10 @@ class DistillConfig:
     def run_dir(self) -> Path:
         return Path(self.output.dir) if self.output.dir else Path("distill-runs") / self.name
 
+    def student_name(self) -> str:
+        """The exported student's registry name: ``output.student_name``, else the run folder's name."""
+        return self.output.student_name or self.run_dir().resolve().name
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -171,6 +180,10 @@ class DistillConfig:
             raise PathbenchError(f"student.mlp must be 'swiglu' or 'gelu'; got {self.student.mlp!r}.")
         if self.optim.batch_size < 1 or self.optim.iterations < 1:
             raise PathbenchError("optim.batch_size and optim.iterations must be positive.")
+        if self.output.log_every < 1 or self.output.checkpoint_every < 0:
+            raise PathbenchError(
+                "output.log_every must be at least 1 and output.checkpoint_every at least 0 (0: only at the end)."
+            )
         for size, name in ((self.crops.global_size, "global"), (self.crops.local_size, "local")):
             if size % self.student.patch_size:
                 raise PathbenchError(
@@ -178,10 +191,58 @@ class DistillConfig:
                 )
 
 
+def _describe(hint: Any) -> str:
+    if hint is type(None):
+        return "null"
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join(_describe(arg) for arg in typing.get_args(hint))
+    if typing.get_origin(hint) is list:
+        return f"a list of {_describe(typing.get_args(hint)[0])}s"
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(hint, str(hint))
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    """``value`` checked against the field's type ``hint``; ints become floats where a float is expected.
+
+    YAML turns ``--set optim.lr=abc`` into a string and ``--set optim.iterations=1.5`` into a
+    float: without this check they would fail deep inside training with a TypeError.
+    """
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, arg, key)
+            except PathbenchError:
+                continue
+    elif origin is list:
+        if isinstance(value, (list, tuple)):
+            return [_coerce(item, args[0], key) for item in value]
+    elif hint is bool:
+        if isinstance(value, bool):
+            return value
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif hint is str:
+        if isinstance(value, str):
+            return value
+    quote = " (YAML reads it as a number: quote it)" if hint is str and isinstance(value, (int, float)) else ""
+    raise PathbenchError(
+        f"config key {key!r} expects {_describe(hint)}, got {value!r} ({type(value).__name__}){quote}; "
+        f"fix it in the YAML file or with --set {key}=VALUE."
+    )
+
+
 def _from_dict(cls: type, values: dict[str, Any], where: str) -> Any:
     if not isinstance(values, dict):
         raise PathbenchError(f"config section {where or 'root'!r} must be a mapping, got {type(values).__name__}.")
     fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
     kwargs = {}
     for key, value in values.items():
         if key not in fields:
@@ -189,7 +250,7 @@ def _from_dict(cls: type, values: dict[str, Any], where: str) -> Any:
                 f"unknown config key {where + key!r}; known keys here: {', '.join(sorted(fields))}."
             )
         sub = _SECTIONS.get(key) if cls is DistillConfig else None
-        kwargs[key] = _from_dict(sub, value or {}, f"{key}.") if sub else value
+        kwargs[key] = _from_dict(sub, value or {}, f"{key}.") if sub else _coerce(value, hints[key], where + key)
     return cls(**kwargs)
 
 

@@ -326,7 +326,13 @@ def make_loader(
     num_workers: int,
     pin_memory: bool = False,
 ) -> DataLoader:
-    """A DataLoader yielding ``(globals (2, b, 3, G, G), locals (L, b, 3, l, l))`` per step."""
+    """A DataLoader yielding ``(globals (2, b, 3, G, G), locals (L, b, 3, l, l))`` per step.
+
+    Each new iterator draws a base seed; it comes from the loader's own generator, not from the
+    global torch generator, whose state the checkpoint carries: otherwise a resumed run (one
+    more iterator) would continue with a different global random state than an uninterrupted one.
+    """
+    generator = torch.Generator().manual_seed(int(seed))
     if isinstance(source, HubSource):
         if num_workers:
             # Inside data-loader workers, datasets splits a stream's files among the workers,
@@ -334,7 +340,7 @@ def make_loader(
             logger.info("hub streams are read in the main process (data.num_workers ignored); for large runs, "
                         "download the dataset's parquet files and pass their folder to --data")
         return DataLoader(HubStreamSamples(source, crops, seed, batches), batch_size=None, num_workers=0,
-                          pin_memory=pin_memory)
+                          pin_memory=pin_memory, generator=generator)
     return DataLoader(
         MultiCropSamples(source, crops, seed),
         batch_sampler=batches,
@@ -342,6 +348,7 @@ def make_loader(
         collate_fn=collate,
         pin_memory=pin_memory,
         persistent_workers=False,
+        generator=generator,
     )
 
 

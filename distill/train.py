@@ -18,11 +18,8 @@ import copy
 import json
 import logging
 import math
-import os
-import re
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +28,11 @@ import torch.distributed as dist
 from torch import nn
 
 from distill.augment import MultiCrop
-from distill.checkpoint import export_student, load_checkpoint, save_checkpoint
+from distill.checkpoint import check_student_name, export_student, load_checkpoint, save_checkpoint
 from distill.config import DistillConfig
 from distill.data import HubSource, StepBatches, make_loader, open_source
+from distill.distributed import DistEnv, all_ranks_agree, setup_distributed, stop_on_signal
+from distill.loss_curve import plot_loss_curve
 from distill.losses import TeacherCentering, dino_loss, feature_loss, ibot_loss
 from distill.models import (
     FeatureProjectors,
@@ -45,132 +44,17 @@ from distill.models import (
     load_teacher_heads,
     student_spec,
 )
-from distill.schedules import CosineSchedule, LinearWarmup
+from distill.optim import Schedules, ema_update, param_groups
+from distill.registry import check_name_free, register_student
+from distill.rundir import LOG_FILE, STUDENT_DIR, RunLock, prepare_run_dir, trim_log
 from pathbench import _io
 from pathbench.data.base import TileDataset
+from pathbench.diagnostics import EmbeddingHealth
 from pathbench.errors import PathbenchError
 
 logger = logging.getLogger("distill")
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-# ---- process group -------------------------------------------------------------------------
-
-
-@dataclass
-class DistEnv:
-    """Where this process sits: ``rank`` of ``world`` processes, its device."""
-
-    rank: int
-    world: int
-    local_rank: int
-    device: torch.device
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def setup_distributed(device: str = "auto") -> DistEnv:
-    """Join the process group torchrun describes (``WORLD_SIZE`` > 1), else run alone.
-
-    NCCL on GPUs, gloo on CPUs. Each process uses ``cuda:LOCAL_RANK`` when GPUs exist.
-    """
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = torch.cuda.is_available() and device != "cpu"
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo")
-    rank = dist.get_rank() if dist.is_initialized() else 0
-    world = dist.get_world_size() if dist.is_initialized() else 1
-    if use_cuda:
-        resolved = torch.device("cuda", local_rank if device == "auto" else torch.device(device).index or local_rank)
-        torch.cuda.set_device(resolved)
-    elif device in ("auto", "cpu"):
-        resolved = torch.device("cpu")
-    else:
-        resolved = torch.device(device)
-    return DistEnv(rank=rank, world=world, local_rank=local_rank, device=resolved)
-
-
-# ---- small pieces --------------------------------------------------------------------------
-
-
-@torch.no_grad()
-def ema_update(ema: nn.Module, online: nn.Module, momentum: float) -> None:
-    """``ema <- momentum * ema + (1 - momentum) * online`` for every parameter; buffers are copied."""
-    ema_params = list(ema.parameters())
-    online_params = [p.detach() for p in online.parameters()]
-    if len(ema_params) != len(online_params):
-        raise RuntimeError("EMA and online networks differ in structure")
-    torch._foreach_mul_(ema_params, momentum)
-    torch._foreach_add_(ema_params, online_params, alpha=1.0 - momentum)
-    for be, bo in zip(ema.buffers(), online.buffers(), strict=True):
-        be.copy_(bo)
-
-
-def param_groups(module: nn.Module, layerwise_decay: float = 1.0, patch_embed_lr_mult: float = 1.0) -> list[dict[str, Any]]:
-    """AdamW parameter groups.
-
-    No weight decay on biases, norms, layer scales, tokens, positions and the weight-norm
-    magnitudes; prototype layers flagged (``last_layer``) so their gradients can be cancelled.
-    ``lr_mult`` follows DINOv2: block ``i`` of ``n`` gets ``layerwise_decay ** (n - i)``, the
-    embeddings ``layerwise_decay ** (n + 1)`` (times ``patch_embed_lr_mult`` for the patch
-    projection), the final norm and the heads 1.
-    """
-    last = {id(p) for p in last_layer_parameters(module)}
-    n_blocks = 1 + max((int(m.group(1)) for m in (re.search(r"\bblocks\.(\d+)\.", n)
-                                                   for n, _ in module.named_parameters()) if m), default=-1)
-    groups: dict[tuple[bool, bool, float], list[nn.Parameter]] = {}
-    for name, p in module.named_parameters():
-        if not p.requires_grad:
-            continue
-        no_decay = p.ndim <= 1 or name.endswith(("pos_embed", "cls_token", "reg_token")) or "original0" in name
-        block = re.search(r"\bblocks\.(\d+)\.", name)
-        if block:
-            layer = int(block.group(1)) + 1
-        elif re.search(r"(patch_embed|pos_embed|cls_token|reg_token)", name):
-            layer = 0
-        else:
-            layer = n_blocks + 1
-        mult = layerwise_decay ** (n_blocks + 1 - layer)
-        if "patch_embed" in name:
-            mult *= patch_embed_lr_mult
-        groups.setdefault((not no_decay, id(p) in last, mult), []).append(p)
-    return [
-        {"params": params, "apply_wd": wd, "last_layer": is_last, "lr_mult": mult, "lr": 0.0, "weight_decay": 0.0}
-        for (wd, is_last, mult), params in sorted(groups.items())
-    ]
-
-
-def unwrap(module: nn.Module) -> nn.Module:
-    return module.module if isinstance(module, nn.parallel.DistributedDataParallel) else module
-
-
-@dataclass
-class Schedules:
-    lr: Callable[[int], float]
-    wd: Callable[[int], float]
-    teacher_temp: Callable[[int], float]
-    momentum: Callable[[int], float]
-    freeze_last_iters: int
-
-    @classmethod
-    def for_stage(cls, cfg: DistillConfig, iterations: int, peak_lr: float) -> Schedules:
-        """Schedules of a stage of ``iterations`` steps; epoch-based lengths shrink in proportion
-        when the stage is shorter than the main run (the head-fitting stage)."""
-        ratio = min(1.0, iterations / cfg.optim.iterations)
-        o, lo = cfg.optim, cfg.loss
-        return cls(
-            lr=CosineSchedule(peak_lr, o.min_lr, iterations, warmup_iters=int(cfg.iters(o.warmup_epochs) * ratio)),
-            wd=CosineSchedule(o.weight_decay, o.weight_decay_end, iterations),
-            teacher_temp=LinearWarmup(
-                lo.warmup_teacher_temp, lo.teacher_temp, int(cfg.iters(lo.warmup_teacher_temp_epochs) * ratio)
-            ),
-            momentum=CosineSchedule(o.ema_momentum, o.ema_momentum_end, iterations),
-            freeze_last_iters=int(cfg.iters(o.freeze_last_layer_epochs) * ratio),
-        )
 
 
 def _step_record(record: dict, stage: str, loss: torch.Tensor, terms: dict, teacher_temp: float,
@@ -512,14 +396,22 @@ class Distiller:
         """Train until ``total_iters`` (or until step ``stop_after``, for tests and time limits).
 
         Checkpoints every ``output.checkpoint_every`` steps and at the end; exports the EMA
-        student when the run is complete. Returns a summary.
+        student when the run is complete. ``log.jsonl`` holds one record per ``output.log_every``
+        steps and one for the last step; records past the current step (left by a run killed
+        after its last checkpoint) are dropped first, so each step appears once and a resumed
+        run's log equals an uninterrupted run's. Returns a summary.
         """
         cfg = self.cfg
         stop = self.total_iters if stop_after is None else min(stop_after, self.total_iters)
-        log_path = self.run_dir / "log.jsonl"
+        log_path = self.run_dir / LOG_FILE
         if self.env.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             _io.write_json(self.run_dir / "config.json", cfg.to_dict())
+            # Records past the current step belong to work that is about to be redone.
+            dropped = trim_log(log_path, self.step)
+            if dropped:
+                logger.info("dropped %d log records past step %d (written after the last checkpoint)",
+                            dropped, self.step)
         bar = None
         if progress and self.env.is_main:
             from tqdm.auto import tqdm
@@ -528,7 +420,7 @@ class Distiller:
         start_step, started = self.step, time.perf_counter()
         last = {}
         data_wait = time.perf_counter()
-        with _stop_on_signal() as stop_requested:
+        with stop_on_signal() as stop_requested:
             for global_crops, local_crops in self.batches(stop):
                 record = self._one_step(global_crops, local_crops, data_wait, stop, log_path, bar)
                 last = record
@@ -550,7 +442,9 @@ class Distiller:
         if self.env.is_main:
             plot_loss_curve(log_path, self.run_dir / "loss_curve.png")
             if summary["complete"] and cfg.output.export:
-                summary["student_dir"] = str(self.export())
+                folder = self.export()
+                summary["student_dir"] = str(folder)
+                summary["model"] = f"distilled:{cfg.student_name() if cfg.output.register else folder}"
         return summary
 
     def _one_step(self, global_crops, local_crops, data_wait: float, stop: int, log_path: Path, bar) -> dict[str, Any]:
@@ -565,7 +459,8 @@ class Distiller:
             raise PathbenchError(
                 f"the loss became {record['loss']} at step {self.step}; lower optim.lr or use fp32/bf16."
             )
-        if self.env.is_main and (self.step % cfg.output.log_every == 0 or self.step == stop):
+        # The steps logged depend only on the run's length, not on where it was stopped.
+        if self.env.is_main and (self.step % cfg.output.log_every == 0 or self.step == self.total_iters):
             with open(log_path, "a", encoding="utf-8") as handle:
                 handle.write(json.dumps(record) + "\n")
         if cfg.output.checkpoint_every and self.step % cfg.output.checkpoint_every == 0 and self.step < stop:
@@ -583,10 +478,29 @@ class Distiller:
         dist.all_reduce(value, op=dist.ReduceOp.MAX)
         return bool(value.item())
 
+    def reference_health(self) -> EmbeddingHealth:
+        """Embedding health (:mod:`pathbench.diagnostics`) of the EMA student, default pooling, on
+        the 44 real tissue tiles shipped with pathbench: a near-constant student is caught here."""
+        from pathbench.data.synthetic_plism import load_demo_tiles
+        from pathbench.diagnostics import embedding_health
+        from pathbench.extractors import Extractor
+
+        tiles, _ = load_demo_tiles()
+        probe = Extractor(self.spec, copy.deepcopy(self.ema), "ema", device=self.device)
+        embeddings = torch.cat([probe.embed(torch.from_numpy(tiles[i : i + 16])) for i in range(0, len(tiles), 16)])
+        return embedding_health(embeddings.numpy())
+
     def export(self, name: str | None = None) -> Path:
-        """Export the EMA student (safetensors + JSON spec) into the students folder."""
+        """Export the EMA student (safetensors + JSON spec) into ``<run folder>/student`` and,
+        unless ``output.register`` is off, register it as ``distilled:<name>`` (default: the
+        run folder's name). The spec records the student's :meth:`reference_health`."""
         cfg = self.cfg
-        name = name or cfg.name
+        name = name or cfg.student_name()
+        health = self.reference_health()
+        if health.degenerate:
+            logger.warning("the exported student is degenerate on the reference tiles: %s", health.summary())
+        else:
+            logger.info("student on the %d reference tiles: %s", health.n_items, health.summary())
         record = {
             "objective": cfg.objective,
             "teacher": {
@@ -599,107 +513,66 @@ class Distiller:
             "steps": self.step,
             "distillation_steps": max(0, self.step - self.fit_iters),
             "images_seen": self.step * cfg.optim.batch_size,
+            "run_dir": str(self.run_dir.resolve()),
+            "reference_health": {"tiles": "pathbench shipped tissue tiles (cmu_small_region_tiles.npz)",
+                                 **health.to_dict()},
             "config": cfg.to_dict(),
         }
         # The timm network itself (not pathbench's token wrapper): its keys are timm's.
         network = getattr(self.ema, "backbone", self.ema)
-        folder = export_student(network, self.spec, name, cfg.output.students_dir, record)
-        logger.info("exported the EMA student to %s (model distilled:%s)", folder, name)
+        folder = export_student(network, self.spec, name, self.run_dir / STUDENT_DIR, record)
+        if cfg.output.register:
+            link = register_student(name, folder, cfg.output.students_dir)
+            logger.info("exported the EMA student to %s: model distilled:%s (registered in %s)", folder, name, link)
+        else:
+            logger.info("exported the EMA student to %s: model distilled:%s", folder, folder)
         return folder
-
-
-@contextlib.contextmanager
-def _stop_on_signal() -> Iterator[Callable[[], bool]]:
-    """While active, SIGTERM and SIGUSR1 (what schedulers send before pre-empting a job) only
-    raise a flag; the loop then checkpoints and returns. Yields the flag's reader."""
-    import signal
-    import threading
-
-    requested = {"stop": False}
-    if threading.current_thread() is not threading.main_thread():
-        yield lambda: False
-        return
-
-    def handler(signum, frame):
-        requested["stop"] = True
-
-    previous = {}
-    for name in ("SIGTERM", "SIGUSR1"):
-        number = getattr(signal, name, None)
-        if number is not None:
-            previous[number] = signal.signal(number, handler)
-    try:
-        yield lambda: requested["stop"]
-    finally:
-        for number, old in previous.items():
-            signal.signal(number, old)
-
-
-def plot_loss_curve(log_path: Path, png_path: Path) -> None:
-    """Loss terms and learning rate against the step, from ``log.jsonl`` (last record per step wins)."""
-    if not log_path.is_file():
-        return
-    import io
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    records: dict[int, dict[str, Any]] = {}
-    for line in log_path.read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            record = json.loads(line)
-            records[int(record["step"])] = record
-    if not records:
-        return
-    steps = sorted(records)
-    skip = {"step", "stage", "lr", "wd", "teacher_temp", "ema_momentum", "step_s", "teacher_s", "data_s",
-            "images_per_s", "grad_norm"}
-    keys = sorted({k for r in records.values() for k, v in r.items() if k not in skip and isinstance(v, float)})
-    fig, (ax_loss, ax_lr) = plt.subplots(2, 1, figsize=(8, 7), sharex=True, height_ratios=[3, 1])
-    for key in keys:
-        xs = [s for s in steps if key in records[s]]
-        ax_loss.plot(xs, [records[s][key] for s in xs], label=key, linewidth=2 if key == "loss" else 1)
-    switches = [s for prev, s in zip(steps, steps[1:], strict=False)
-                if records[s].get("stage") != records[prev].get("stage")]
-    for ax in (ax_loss, ax_lr):
-        for step in switches:
-            ax.axvline(step, color="grey", linestyle="--", linewidth=1)
-    if switches:
-        ax_loss.text(switches[0], ax_loss.get_ylim()[1], " distillation starts", va="top", fontsize=8, color="grey")
-    ax_loss.set_ylabel("loss")
-    ax_loss.set_title(f"distillation losses ({log_path.parent.name})", fontsize=9)
-    ax_loss.legend(fontsize=8)
-    ax_loss.grid(alpha=0.3)
-    ax_lr.plot(steps, [records[s]["lr"] for s in steps], color="black")
-    ax_lr.set_ylabel("learning rate")
-    ax_lr.set_xlabel("step")
-    ax_lr.grid(alpha=0.3)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    plt.close(fig)
-    with _io.atomic_write(png_path, "wb") as handle:
-        handle.write(buffer.getvalue())
 
 
 def train(
     cfg: DistillConfig,
     *,
     resume: bool = False,
+    overwrite: bool = False,
     stop_after: int | None = None,
     progress: bool = True,
     teacher: Teacher | None = None,
     data: TileDataset | HubSource | None = None,
     env: DistEnv | None = None,
 ) -> dict[str, Any]:
-    """Run (or resume) a distillation described by ``cfg``; returns :meth:`Distiller.fit`'s summary."""
-    distiller = Distiller(cfg, env=env, teacher=teacher, data=data)
-    if resume:
-        if distiller.checkpoint_path.is_file():
-            distiller.load_state_dict(load_checkpoint(distiller.checkpoint_path))
-            logger.info("resumed from %s at step %d", distiller.checkpoint_path, distiller.step)
-        else:
-            logger.info("no checkpoint in %s: starting from step 0", distiller.checkpoint_path.parent)
-    return distiller.fit(stop_after=stop_after, progress=progress)
+    """Run (or resume) a distillation described by ``cfg``; returns :meth:`Distiller.fit`'s summary.
+
+    The run folder is locked for the whole run (:class:`distill.rundir.RunLock`). A folder that
+    holds an earlier run is refused unless ``resume`` (continue from its checkpoint) or
+    ``overwrite`` (delete its outputs first); a student name taken by another run is refused
+    before any training. Under torchrun, rank 0 decides and every rank follows.
+    """
+    env = env or setup_distributed(cfg.device)
+    run_dir = cfg.run_dir()
+    lock = RunLock(run_dir) if env.is_main else None
+    refusal: PathbenchError | None = None
+    if lock is not None:
+        try:
+            lock.acquire()
+            prepare_run_dir(run_dir, resume=resume, overwrite=overwrite)
+            if cfg.output.export:
+                check_student_name(cfg.student_name())
+            if cfg.output.export and cfg.output.register:
+                check_name_free(cfg.student_name(), run_dir / STUDENT_DIR, cfg.output.students_dir)
+        except PathbenchError as exc:
+            lock.release()
+            refusal = exc
+    if not all_ranks_agree(refusal is None, env):
+        raise refusal or PathbenchError(f"rank 0 refused the run folder {run_dir}: see its message.")
+    try:
+        distiller = Distiller(cfg, env=env, teacher=teacher, data=data)
+        if resume:
+            if distiller.checkpoint_path.is_file():
+                distiller.load_state_dict(load_checkpoint(distiller.checkpoint_path))
+                logger.info("resumed from %s at step %d", distiller.checkpoint_path, distiller.step)
+            else:
+                logger.info("no checkpoint in %s: starting from step 0", distiller.checkpoint_path.parent)
+        return distiller.fit(stop_after=stop_after, progress=progress)
+    finally:
+        if lock is not None:
+            lock.release()

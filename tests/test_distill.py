@@ -32,8 +32,8 @@ from distill.models import (
     student_spec,
     swiglu_timm_mlp_ratio,
 )
+from distill.optim import ema_update, param_groups
 from distill.schedules import CosineSchedule, LinearWarmup
-from distill.train import ema_update, param_groups
 from pathbench.errors import PathbenchError
 
 # Tiny networks run fastest on one thread (see conftest.one_torch_thread).

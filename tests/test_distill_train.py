@@ -200,6 +200,9 @@ def test_resume_after_a_stop_equals_the_uninterrupted_run(tmp_path):
             assert torch.equal(value, b[part][key]), (part, key)
     for key, value in a["fit"]["ema"].items():
         assert torch.equal(value, b["fit"]["ema"][key])
+    # The checkpointed global random state is the uninterrupted run's (the data loaders draw from their own).
+    assert torch.equal(load_checkpoint(straight.checkpoint_path)["torch_rng"],
+                       load_checkpoint(resumed.checkpoint_path)["torch_rng"])
     assert a["optimizer"]["state"].keys() == b["optimizer"]["state"].keys()
     for idx, state in a["optimizer"]["state"].items():
         assert torch.equal(state["exp_avg"], b["optimizer"]["state"][idx]["exp_avg"])
@@ -258,10 +261,11 @@ def test_two_process_ddp_takes_the_same_steps_as_one_process_on_the_whole_batch(
 def test_exported_student_loads_through_the_registry_and_embeds(tmp_path, monkeypatch):
     from pathbench.extractors import list_specs, load_extractor, load_plugins
 
-    cfg = tiny_config(tmp_path, objective="features", name="tiny-student", **{"optim.iterations": 2})
+    cfg = tiny_config(tmp_path, objective="features", **{"optim.iterations": 2, "output.student_name": "tiny-student"})
     summary = train(cfg, teacher=make_teacher(cfg), data=TILES, env=cpu_env(), progress=False)
-    folder = tmp_path / "students" / "tiny-student"
-    assert summary["student_dir"] == str(folder)
+    folder = tmp_path / "run" / "student"  # the run's own folder; the students folder only holds the name
+    assert summary["student_dir"] == str(folder) and summary["model"] == "distilled:tiny-student"
+    assert json.loads((tmp_path / "students" / "tiny-student.link.json").read_text())["path"] == str(folder)
     spec_json = json.loads((folder / "spec.json").read_text())
     assert spec_json["objective"] == "features" and spec_json["teacher"]["model"] == "tiny-teacher"
     assert spec_json["steps"] == 2 and spec_json["token_layout"]["patch_tokens_start"] == 5
@@ -308,7 +312,8 @@ def test_python_m_distill_runs_the_smoke_pipeline(tmp_path, monkeypatch):
         "--set", "optim.fit_heads_iterations=1", "--set", "data.source=synthetic:8", "--no-progress",
     ])
     assert code == 0
-    assert (tmp_path / "students" / "cli-student" / "model.safetensors").is_file()
+    assert (tmp_path / "run" / "student" / "model.safetensors").is_file()
+    assert (tmp_path / "students" / "cli-student.link.json").is_file()
     assert (tmp_path / "run" / "checkpoints" / "last.pt").is_file()
     assert main(["--config", "smoke", "--set", "optim.nope=1"]) == 2
 
