@@ -1,9 +1,10 @@
 """``make demo``: every benchmark end to end, offline, on built-in synthetic data.
 
 Runs a random-weight ViT (``vit-tiny-random``) through PLISM (simulated from real CC0 H&E
-tissue), HEST and the four EVA patch tasks, distils a small student with the smoke
-configuration and evaluates it on PLISM, then prints the PLISM leaderboard with the
-published reference models and writes an HTML report. Nothing here needs the network.
+tissue), HEST and eva's eight tasks (patch, slide and segmentation), distils a small student
+with the smoke configuration (a plumbing check) and evaluates it on PLISM, then prints the
+PLISM leaderboard with the published reference models and writes an HTML report. Nothing
+here needs the network.
 """
 
 from __future__ import annotations
@@ -21,14 +22,15 @@ STEPS: tuple[tuple[str, Sequence[str]], ...] = (
      ("evaluate", "--model", MODEL, "--bench", "plism", "--data", "synthetic")),
     ("HEST gene-expression prediction (synthetic spots)",
      ("evaluate", "--model", MODEL, "--bench", "hest", "--data", "synthetic")),
-    ("EVA patch classification (synthetic BACH, CRC, MHIST, PCam)",
+    ("EVA, the seed paper's eight tasks on synthetic data in eva's layouts: linear probe (BACH, CRC, MHIST, PCam), "
+     "ABMIL on pyramidal TIFF slides (Camelyon16, PANDA), decoder on token grids (CoNSeP, MoNuSAC); a few minutes",
      ("evaluate", "--model", MODEL, "--bench", "eva", "--data", "synthetic")),
     ("Distillation plumbing check: a tiny student of a random-weight teacher, 100 CPU steps (not a usable model)",
      ("distill", "--config", "smoke", "--out", "pathbench-results/distill/smoke", "--overwrite", "--no-register",
       "--no-progress")),
     ("PLISM on that student, loaded from its run folder through the distill plugin",
-     ("evaluate", "--model", "distilled:pathbench-results/distill/smoke/student", "--bench", "plism", "--data",
-      "synthetic")),
+     ("evaluate", "--model", "distilled:pathbench-results/distill/smoke/student", "--model-name", "distilled-smoke",
+      "--bench", "plism", "--data", "synthetic")),
     ("PLISM leaderboard: the demo models beside the published numbers",
      ("leaderboard", "--bench", "plism")),
     ("HTML report", ("leaderboard", "--bench", "plism", "--format", "html", "--out", "pathbench-results/report.html")),

@@ -171,13 +171,23 @@ def _run_locked(benchmark: Benchmark, run: RunOptions, options: Any, precomputed
         resolution = _resolution_note(extractor.spec, inputs)
         throughput = embed_inputs(extractor, inputs, pooling, run)
 
+    health = embedding_health_record(inputs)
+    if health and health["degenerate"]:
+        import warnings
+
+        warnings.warn(f"{run.label}: degenerate embeddings ({'; '.join(health['reasons'])}); its scores on this "
+                      "benchmark say nothing about robustness or quality.", stacklevel=2)
     previous = read_run_json(out)
     context = RunContext(out_dir=out, previous=previous, device=_head_device(run.device), progress=run.progress,
                          model_name=run.label)
     result = benchmark.evaluate(inputs, options, context)
     if resolution:
         result.notes.append(resolution)
+    if health and health["degenerate"]:
+        result.notes.append(f"degenerate embeddings: {'; '.join(health['reasons'])} (see docs/diagnostics.md)")
     record = _run_record(benchmark, run, options, inputs, result, extractor, pooling, throughput, started)
+    record["embedding_health"] = health
+    record["degenerate"] = bool(health and health["degenerate"])
     record["resolution"] = {"data_mpp": inputs.mpp, "model_mpp": extractor.spec.mpp if extractor else None,
                             "warning": resolution}
     results = write_run(out, bench=benchmark.name, protocol=result.protocol, rows=result.rows, tables=result.tables,
@@ -352,6 +362,46 @@ def _run_record(benchmark: Benchmark, run: RunOptions, options: Any, inputs: Inp
     record["notes"] = list(result.notes) + list(result.record.get("notes", []))
     record["elapsed_s"] = round(time.time() - started, 2)
     return record
+
+
+HEALTH_SETS, HEALTH_ROWS = 16, 4096
+
+
+def embedding_health_record(inputs: Inputs) -> dict[str, Any] | None:
+    """Embedding-health diagnostics (:mod:`pathbench.diagnostics`) of the embeddings a run has.
+
+    Computed within each embedded dataset (a slide, a split, a sample: so PLISM's twins of
+    different slides never count as "different items"), on up to 16 datasets of up to 4,096
+    rows (a seeded sample), then averaged weighted by rows. The run is flagged degenerate when
+    at least half the datasets are.
+    """
+    import numpy as np
+
+    from pathbench.diagnostics import embedding_health
+
+    sets = [e for e in inputs.embeddings.values() if e.array.ndim == 2 and len(e) >= 2][:HEALTH_SETS]
+    if not sets:
+        return None
+    rng = np.random.default_rng(0)
+    results = []
+    for embedding_set in sets:
+        array = embedding_set.array
+        if len(array) > HEALTH_ROWS:
+            array = array[np.sort(rng.choice(len(array), HEALTH_ROWS, replace=False))]
+        results.append(embedding_health(np.asarray(array, dtype=np.float32)))
+    weights = np.array([h.n_items for h in results], dtype=np.float64)
+
+    def average(name: str) -> float | None:
+        values = np.array([getattr(h, name) for h in results], dtype=np.float64)
+        keep = np.isfinite(values)
+        return float(np.average(values[keep], weights=weights[keep])) if keep.any() else None
+
+    flagged = [h for h in results if h.degenerate]
+    return {"datasets": len(results), "items": int(weights.sum()), "mean_cosine": average("mean_cosine"),
+            "participation_ratio": average("participation_ratio"), "effective_rank": average("effective_rank"),
+            "near_constant_fraction": average("near_constant_fraction"), "degenerate_datasets": len(flagged),
+            "degenerate": 2 * len(flagged) >= len(results),
+            "reasons": list(flagged[0].reasons) if flagged else [], "thresholds": results[0].thresholds.to_dict()}
 
 
 def data_id(data: dict[str, Any]) -> str:

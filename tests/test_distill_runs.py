@@ -332,8 +332,6 @@ def test_distilled_path_resolves_a_student_folder_its_spec_or_its_run_folder(tmp
     assert discover_students.resolve(f"distilled:{folder}").origin == "distill"  # the entry point's hook
 
 
-@pytest.mark.xfail(strict=True, reason="pathbench.extractors.registry must offer unknown names to a plugin's "
-                   "resolve(name) (distill.registry.StudentPlugin): see docs/distill.md")
 def test_evaluate_accepts_distilled_path_of_an_exported_student(tmp_path, monkeypatch):
     from pathbench.extractors import load_extractor
 

@@ -208,6 +208,8 @@ class LeaderboardSpec:
         title: table title.
         columns: fixed columns (computed from the long-form rows).
         default_columns: column keys shown when no reference table is merged (default: all).
+        always_columns: column keys shown beside a reference table's columns too (measures
+            the benchmark adds to the published ones).
         per_task: a template column repeated for every task (key = the task's label).
         task_order: order of per-task columns, including tasks only references have.
         aggregates: headline columns (means of other columns).
@@ -222,6 +224,7 @@ class LeaderboardSpec:
     title: str
     columns: tuple[Column, ...] = ()
     default_columns: tuple[str, ...] = ()
+    always_columns: tuple[str, ...] = ()
     per_task: Column | None = None
     task_order: tuple[str, ...] = ()
     aggregates: tuple[Aggregate, ...] = ()

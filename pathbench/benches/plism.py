@@ -40,6 +40,7 @@ from pathbench.benches.base import (
     BenchResult,
     Column,
     DataRequest,
+    EmbeddingSet,
     Inputs,
     LeaderboardSpec,
     Metric,
@@ -57,7 +58,8 @@ from pathbench.results import read_csv_exact
 PROTOCOL = "plism-v1"
 KS: tuple[int, ...] = (1, 3, 5, 10)
 COSINE_METRIC = "cosine_similarity"
-METRICS: tuple[str, ...] = (COSINE_METRIC, *(f"top_{k}_accuracy" for k in KS))
+MARGIN_METRIC = "cosine_margin"
+METRICS: tuple[str, ...] = (COSINE_METRIC, *(f"top_{k}_accuracy" for k in KS), MARGIN_METRIC)
 PAIR_COLUMNS: tuple[str, ...] = (
     "slide_a",
     "slide_b",
@@ -143,7 +145,11 @@ LEADERBOARD = LeaderboardSpec(
                        "median top-1 accuracy over inter-scanner pairs (the paper's Figure 4, x axis)"),
         _median_column("top1_inter_staining", "Top-1 inter-staining", "top_1_accuracy", ("inter_staining",),
                        "median top-1 accuracy over inter-staining pairs (the paper's Figure 4, y axis)"),
+        _median_column("margin_all", "Cosine margin (all)", MARGIN_METRIC, None,
+                       "median over all slide pairs of the twin cosine minus the cosine between non-twin tiles of "
+                       "the same slides; a constant embedding scores 0 (pathbench's, not plismbench's)"),
     ),
+    always_columns=("margin_all",),
     default_columns=("cosine_all", "top1_all", "top5_all", "top10_inter_scanner", "top10_inter_staining",
                      "top10_both", "leaderboard_score"),
     aggregates=(Aggregate("leaderboard_score", "Leaderboard score",
@@ -195,6 +201,8 @@ class PlismBenchmark(Benchmark):
         Metric(COSINE_METRIC, "cosine", unit="pair", description="mean cosine similarity of matched tiles"),
         *(Metric(f"top_{k}_accuracy", f"top-{k}", unit="pair",
                  description=f"top-{k} retrieval accuracy of a tile's twin among both slides' tiles") for k in KS),
+        Metric(MARGIN_METRIC, "cosine margin", unit="pair",
+               description="twin cosine minus the mean cosine of non-twin tiles of the same two slides"),
     )
     data_sources = ("hf", "hf-h5", "synthetic", "PATH")
     precomputed = ("features_dir",)
@@ -241,7 +249,9 @@ class PlismBenchmark(Benchmark):
         context = {"slide_ids": list(features.slide_ids), "n_tiles": len(features.rows), "features": features,
                    "features_identity": features.identity(),
                    "tile_subset": plism_data.subset_description(subset_spec, tile_subset)}
-        return Inputs(context=context, data={"kind": "features-dir", "path": str(features.root),
+        # a few slides as embedding sets, for the runner's diagnostics (evaluation reads the files)
+        sample = {s: EmbeddingSet(list(features.tile_ids), np.asarray(features[s])) for s in features.slide_ids[:4]}
+        return Inputs(embeddings=sample, context=context, data={"kind": "features-dir", "path": str(features.root),
                                              "synthetic": False}, mpp=PLISM_MPP)
 
     def evaluate(self, inputs: Inputs, options: PlismOptions, context: RunContext) -> BenchResult:
@@ -518,7 +528,7 @@ def _reusable_rows(out_dir: Path, key: str, pairs: Sequence[tuple[str, str]],
 # ------------------------------------------------------------------------------------
 # Console table
 # ------------------------------------------------------------------------------------
-_SHORT = {"cosine_similarity": "cosine", **{f"top_{k}_accuracy": f"top-{k}" for k in KS}}
+_SHORT = {"cosine_similarity": "cosine", **{f"top_{k}_accuracy": f"top-{k}" for k in KS}, MARGIN_METRIC: "margin"}
 
 
 def format_table(summary: pd.DataFrame, score: float, title: str | None = None) -> str:

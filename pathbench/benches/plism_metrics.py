@@ -52,6 +52,9 @@ from pathbench.errors import DataError, PathbenchError
 DEFAULT_KS: tuple[int, ...] = (1, 3, 5, 10)
 GROUPS: tuple[str, ...] = ("all", "inter-scanner", "inter-staining", "inter-scanner & inter-staining")
 COSINE = "cosine_similarity"
+# Twin cosine minus the mean cosine between the non-twin tiles of the same two slides: a
+# constant (or near-constant) embedding scores 1 on the cosine but 0 here. Not plismbench's.
+MARGIN = "cosine_margin"
 
 # Rows converted to float64 at a time when normalising or computing exact dots (small
 # enough for the temporaries to stay in cache).
@@ -344,7 +347,24 @@ def _pair_metrics(
     row: dict[str, float] = {COSINE: float(thresholds.mean())}
     for k in ks:
         row[f"top_{k}_accuracy"] = float(0.5 * ((rank_ab <= k).mean() + (rank_ba <= k).mean()))
+    row[MARGIN] = cosine_margin(a.host, b.host, thresholds)
     return row
+
+
+def cosine_margin(a: np.ndarray, b: np.ndarray, twins: np.ndarray | None = None) -> float:
+    """Mean twin cosine minus the mean cosine of the non-twin tiles of the same two slides.
+
+    ``a``, ``b``: ``(n, dim)`` L2-normalised rows, row i of both the same tissue. The sum over
+    every ``i != j`` of ``a_i . b_j`` is ``(sum a) . (sum b) - sum_i a_i . b_i``, so the whole
+    margin costs O(n dim) (float64 sums). NaN for fewer than two tiles.
+    """
+    n = a.shape[0]
+    if n < 2:
+        return float("nan")
+    twins = np.einsum("ij,ij->i", a, b, dtype=np.float64) if twins is None else np.asarray(twins, np.float64)
+    total = float(a.sum(axis=0, dtype=np.float64) @ b.sum(axis=0, dtype=np.float64))
+    non_twin = (total - float(twins.sum())) / (n * (n - 1))
+    return float(twins.mean() - non_twin)
 
 
 def iter_pair_metrics(
@@ -378,8 +398,8 @@ def iter_pair_metrics(
         block_rows: query rows per similarity block (default: blocks of about 64 MiB).
 
     Yields:
-        dicts with ``slide_a``, ``slide_b``, ``cosine_similarity`` and ``top_<k>_accuracy``
-        for each k, all floats in [-1, 1] / [0, 1].
+        dicts with ``slide_a``, ``slide_b``, ``cosine_similarity``, ``top_<k>_accuracy``
+        for each k and ``cosine_margin`` (see :func:`cosine_margin`).
 
     Raises:
         DataError: a missing slide, mismatched tile counts or dimensions, NaN/inf features.
@@ -495,6 +515,7 @@ def summarise(pairs_df: pd.DataFrame) -> pd.DataFrame:
     """
     metrics = [c for c in pairs_df.columns if c == COSINE or re.fullmatch(r"top_\d+_accuracy", str(c))]
     metrics.sort(key=lambda c: -1 if c == COSINE else int(str(c).split("_")[1]))
+    metrics += [c for c in pairs_df.columns if c == MARGIN]
     if not metrics:
         raise PathbenchError(
             f"no metric columns in the pair table (expected {COSINE} and top_<k>_accuracy); "

@@ -138,6 +138,9 @@ def get_spec(name: str) -> ModelSpec:
         specs = _all_specs()
     if name in specs:
         return specs[name]
+    resolved = _resolve_with_plugins(name)
+    if resolved is not None:
+        return resolved
     close = difflib.get_close_matches(name, list(specs), n=3, cutoff=0.5)
     hint = f" Did you mean {', '.join(close)}?" if close else ""
     raise ModelNotFoundError(
@@ -150,6 +153,20 @@ def plugin_extractor(name: str) -> Extractor | None:
     """The ready Extractor a plugin supplied for ``name``, if any."""
     load_plugins()
     return _plugin_extractors.get(name)
+
+
+def _resolve_with_plugins(name: str) -> ModelSpec | None:
+    """Offer a name no plugin listed to plugins whose entry point has a ``resolve(name)``
+    function (``distilled:<path of an exported student>`` is resolved this way)."""
+    for entry_point in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            resolve = getattr(entry_point.load(), "resolve", None)
+        except Exception:  # reported once by load_plugins
+            continue
+        spec = resolve(name) if callable(resolve) else None
+        if spec is not None:
+            return spec
+    return None
 
 
 def timm_spec(arch: str) -> ModelSpec:

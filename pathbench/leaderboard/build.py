@@ -42,6 +42,7 @@ from pathbench.settings import DEFAULT_RESULTS
 ALPHA = 0.05
 N_BOOT = 2000
 MARK_BEST, MARK_SECOND = "best", "second"
+DEGENERATE_MARK = "⚠"
 
 
 @dataclasses.dataclass
@@ -69,10 +70,16 @@ class Entry:
     significance: dict[str, Comparison] = dataclasses.field(default_factory=dict)
     params: float | None = None
     computed: set[str] = dataclasses.field(default_factory=set)
+    degenerate: list[str] | None = None
 
     @property
     def is_run(self) -> bool:
         return self.run is not None
+
+    @property
+    def label(self) -> str:
+        """The model's name as tables print it: a degenerate model carries a warning sign."""
+        return f"{self.model} {DEGENERATE_MARK}" if self.degenerate else self.model
 
 
 @dataclasses.dataclass
@@ -124,6 +131,7 @@ def columns_for(benchmark: Benchmark, references: Sequence[ReferenceRow], runs: 
         fixed = {c.key: c for c in spec.columns}
         keys = ([k for k in ref_keys if k in fixed or k in aggregates] if references
                 else list(spec.default_columns or [*fixed, *aggregates]))
+        keys += [k for k in spec.always_columns if k not in keys]
         for key in keys:
             if key in fixed:
                 c = fixed[key]
@@ -312,6 +320,10 @@ def _run_entry(run: Run, columns: Sequence[ColumnDef], info, spread_keys: Sequen
     if isinstance(versions, dict) and versions.get("pathbench"):
         entry.provenance["pathbench"] = str(versions["pathbench"])
     entry.notes.extend(run.notes)
+    entry.degenerate = run.degenerate
+    if entry.degenerate:
+        entry.notes.append("degenerate embeddings (" + "; ".join(entry.degenerate) + "): its scores say nothing about "
+                           "robustness or quality")
     return entry
 
 

@@ -85,7 +85,7 @@ def render_html(board: Leaderboard, plots: dict[str, tuple[bytes, str]] | None =
         for entry in group.entries:
             cls = {"run": "run", "run+reference": "merged"}.get(entry.origin, "reference")
             out.append(f'<tr class="{cls}" data-model="{esc(entry.model)}" data-origin="{esc(entry.origin)}">'
-                       f"<td>{entry.rank or '–'}</td><td>{esc(entry.model)}</td><td>{esc(entry.pooling)}</td>"
+                       f"<td>{entry.rank or '–'}</td><td>{esc(entry.label)}</td><td>{esc(entry.pooling)}</td>"
                        f"<td>{esc(source_label(entry))}</td>"
                        + "".join(_html_cell(board, entry, c) for c in board.columns) + "</tr>")
         out.append("</tbody>")

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pathbench.leaderboard.build import ALPHA, MARK_BEST, MARK_SECOND, Entry, Leaderboard
+from pathbench.leaderboard.build import ALPHA, DEGENERATE_MARK, MARK_BEST, MARK_SECOND, Entry, Leaderboard
 from pathbench.leaderboard.references import SOURCE_LABELS
 from pathbench.leaderboard.statistics import ColumnDef
 
@@ -95,6 +95,9 @@ def legend_lines(board: Leaderboard) -> list[str]:
         lines.append("‡: see the footnotes.")
     if any(e.computed for e in board.entries):
         lines.append("†: computed from the published values of the row (not published).")
+    if any(e.degenerate for e in board.entries):
+        lines.append(f"{DEGENERATE_MARK}: the run's embedding diagnostics flag a degenerate model (near-constant or "
+                     "low-rank embeddings); a benchmark such a model wins measures nothing (docs/diagnostics.md).")
     return lines
 
 
@@ -121,7 +124,7 @@ def render_markdown(board: Leaderboard) -> str:
         lines.append("| " + " | ".join([f"**{group.protocol}**", f"*{group_detail(board, group)}*"]
                                        + [""] * (len(header) - 2)) + " |")
         for entry in group.entries:
-            cells = [str(entry.rank) if entry.rank else "–", entry.model, entry.pooling, source_label(entry)]
+            cells = [str(entry.rank) if entry.rank else "–", entry.label, entry.pooling, source_label(entry)]
             for column in board.columns:
                 text = plain_cell(cell_parts(board, entry, column))
                 mark = entry.marks.get(column.key)
@@ -156,6 +159,7 @@ def leaderboard_frame(board: Leaderboard) -> pd.DataFrame:
             record: dict[str, Any] = {
                 "protocol": entry.protocol, "protocol_detail": entry.protocol_detail, "rank": entry.rank,
                 "model": entry.model, "model_key": entry.model_key, "origin": entry.origin,
+                "degenerate": bool(entry.degenerate),
                 "pooling": entry.pooling, "source": entry.provenance.get("source", ""),
                 "table": entry.provenance.get("table", ""), "date": entry.provenance.get("date", ""),
                 "run_dir": entry.provenance.get("run_dir", ""),
@@ -185,7 +189,7 @@ def render_csv(board: Leaderboard) -> str:
 
 _LATEX_ESCAPES = {"&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
                   "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "\\": r"\textbackslash{}",
-                  "Δ": r"$\Delta$", "±": r"$\pm$", "–": "--", "‡": r"$^\ddagger$", "†": r"$^\dagger$",
+                  "Δ": r"$\Delta$", "⚠": r"(!)", "±": r"$\pm$", "–": "--", "‡": r"$^\ddagger$", "†": r"$^\dagger$",
                   "×": r"$\times$"}
 
 
@@ -207,7 +211,7 @@ def render_latex(board: Leaderboard) -> str:
         lines.append(rf"\multicolumn{{{n}}}{{l}}{{\emph{{{latex_escape(group.protocol)}: "
                      rf"{latex_escape(group_detail(board, group))}}}}} \\")
         for entry in group.entries:
-            cells = [str(entry.rank) if entry.rank else "--", latex_escape(entry.model), latex_escape(entry.pooling)]
+            cells = [str(entry.rank) if entry.rank else "--", latex_escape(entry.label), latex_escape(entry.pooling)]
             for column in board.columns:
                 text = latex_escape(plain_cell(cell_parts(board, entry, column), with_details=False))
                 mark = entry.marks.get(column.key)

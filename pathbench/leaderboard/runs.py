@@ -54,6 +54,14 @@ class Run:
         return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0 else None
 
     @property
+    def degenerate(self) -> list[str] | None:
+        """Why the run's embedding diagnostics flag a degenerate model (None: not flagged)."""
+        health = self.run_json.get("embedding_health") or {}
+        if not (self.run_json.get("degenerate") or health.get("degenerate")):
+            return None
+        return list(health.get("reasons") or ["flagged by its embedding diagnostics"])
+
+    @property
     def tiles_per_s(self) -> float | None:
         """Extraction throughput recorded at evaluation time, if any."""
         value = (self.run_json.get("model") or {}).get("tiles_per_s")
