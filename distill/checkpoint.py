@@ -13,13 +13,14 @@ import os
 import re
 import sys
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from pathbench import _io
 from pathbench.errors import PathbenchError
 from pathbench.extractors import ModelSpec
+
+if TYPE_CHECKING:  # `pathbench models` lists students through this module: no torch at import
+    import torch
 
 STUDENTS_ENV = "PATHBENCH_STUDENTS"
 WEIGHTS_FILE = "model.safetensors"
@@ -66,6 +67,8 @@ def _canonical(obj: Any) -> Any:
 
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
     """Write ``state`` with ``torch.save`` atomically; equal states give equal bytes."""
+    import torch
+
     with _io.atomic_write(path, "wb") as handle:
         torch.save(_canonical(state), handle)
 
@@ -75,6 +78,8 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise PathbenchError(f"no checkpoint at {path}; start without --resume or point --out at the run folder.")
+    import torch
+
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
@@ -110,6 +115,7 @@ def export_student(
     Returns ``folder``. It is built under a temporary name and renamed into place, so it is
     either the complete previous export or the complete new one, never a mixture.
     """
+    import torch
     from safetensors.torch import save
 
     check_student_name(name)

@@ -45,7 +45,7 @@ def test_evaluate_on_synthetic_data_writes_runs_summary_and_provenance(synthetic
     record = json.loads((synthetic_run / "run.json").read_text())
     assert record["bench"] == "eva" and record["pooling"] == "cls"
     assert record["model"]["name"] == "vit-tiny-random"
-    assert record["protocol"].startswith("eva-synthetic") and record["benchmark"]["protocol"] == "eva-v1"
+    assert record["protocol"].startswith("eva-synthetic") and record["benchmark"]["protocol"] == "eva-v2"
     assert record["probe"]["per_task"]["crc"]["patience"] == 7
     assert record["probe"]["per_task"]["mhist"]["patience"] == 278
     assert record["probe"]["per_task"]["crc"]["lr"] == 3e-4

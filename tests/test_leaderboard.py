@@ -55,7 +55,7 @@ def plism_pairs(stainings=STAININGS, scanners=SCANNERS, offset=0.0, seed=0) -> p
                      "staining_a": st_a, "scanner_a": sc_a, "staining_b": st_b, "scanner_b": sc_b,
                      "cosine_similarity": float(np.clip(rng.uniform(0.6, 0.9) + offset, 0, 1)),
                      "top_1_accuracy": top[0], "top_3_accuracy": top[1], "top_5_accuracy": top[2],
-                     "top_10_accuracy": top[3]})
+                     "top_10_accuracy": top[3], "cosine_margin": float(rng.uniform(0.0, 0.3) + offset)})
     return pd.DataFrame(rows)
 
 
@@ -232,8 +232,8 @@ def test_runs_of_several_models_are_merged_ranked_and_compared(tmp_path):
     assert [e.rank for e in group.entries] == [1, 2, 3]
     assert group.protocol.startswith("plism-synthetic")
     assert all(e.pooling == "cls" for e in group.entries)
-    # every run is compared with the best run in every column: 2 others x 5 columns
-    assert len(board.comparisons) == 10
+    # every run is compared with the best run in every column: 2 others x 6 columns (5 plismbench's + margin)
+    assert len(board.comparisons) == 12
     assert {c.better for c in board.comparisons if c.column == "leaderboard_score"} == {"vit-small-reg4-random"}
 
 

@@ -60,6 +60,7 @@ def test_demo_command_writes_pairs_summary_and_run_json(tmp_path, small_demo, ca
     assert list(pairs.columns) == [
         "slide_a", "slide_b", "staining_a", "scanner_a", "staining_b", "scanner_b",
         "cosine_similarity", "top_1_accuracy", "top_3_accuracy", "top_5_accuracy", "top_10_accuracy",
+        "cosine_margin",
     ]  # fmt: skip
     assert len(pairs) == 6 and set(pairs.slide_a) | set(pairs.slide_b) == set(SLIDES)
     assert pairs.loc[pairs.slide_a == "GMH_AT2_to_GMH_S60", "staining_a"].eq("GMH").all()
@@ -159,7 +160,7 @@ def test_a_stale_partial_file_of_another_configuration_is_ignored(tmp_path):
     out = tmp_path / "run"
     out.mkdir()
     stale = pd.DataFrame(
-        [[*SLIDES[:2], "GMH", "AT2", "GMH", "S60", 0.5, 0.5, 0.5, 0.5, 0.5]], columns=list(bench.PAIR_COLUMNS)
+        [[*SLIDES[:2], "GMH", "AT2", "GMH", "S60", 0.5, 0.5, 0.5, 0.5, 0.5, 0.5]], columns=list(bench.PAIR_COLUMNS)
     )
     stale.to_csv(out / ".pairs-partial-0000000000000000.csv", index=False)
     result = bench.evaluate_plism(features, SLIDES, out, settings={"x": 1}, progress=False)

@@ -260,7 +260,8 @@ def test_rows_are_yielded_in_the_order_of_the_pairs_given():
     pairs = [("MY_P", "GM_AT2"), ("GM_P", "MY_P")]
     rows = list(pm.iter_pair_metrics(features, pairs, progress=False, ks=(1, 2)))
     assert [(r["slide_a"], r["slide_b"]) for r in rows] == pairs
-    assert set(rows[0]) == {"slide_a", "slide_b", "cosine_similarity", "top_1_accuracy", "top_2_accuracy"}
+    assert set(rows[0]) == {"slide_a", "slide_b", "cosine_similarity", "top_1_accuracy", "top_2_accuracy",
+                            "cosine_margin"}
 
 
 class CountingFeatures(dict):
@@ -493,7 +494,31 @@ def test_reference_itself_on_a_hand_computed_example():
     ref = reference_pair(f1, f2, ks=(1, 2, 3))
     assert ref == {"cosine_similarity": 0.5, "top_1_accuracy": 0.0, "top_2_accuracy": 0.5, "top_3_accuracy": 1.0}
     rows = list(pm.iter_pair_metrics({"GM_P": f1, "GM_S60": f2}, [("GM_P", "GM_S60")], ks=(1, 2, 3), progress=False))
-    assert {k: v for k, v in rows[0].items() if k not in ("slide_a", "slide_b")} == ref
+    # twins a0.b0 = 1, a1.b1 = 0 (mean 0.5); non-twins a0.b1 = 1, a1.b0 = 0 (mean 0.5): margin 0
+    assert {k: v for k, v in rows[0].items() if k not in ("slide_a", "slide_b")} == {**ref, "cosine_margin": 0.0}
+
+
+def dense_margin(a: np.ndarray, b: np.ndarray) -> float:
+    """Slow reference: every twin and every non-twin cosine, from the full matrix."""
+    a = a / np.linalg.norm(a, axis=1, keepdims=True)
+    b = b / np.linalg.norm(b, axis=1, keepdims=True)
+    sims = a.astype(np.float64) @ b.astype(np.float64).T
+    off = ~np.eye(len(a), dtype=bool)
+    return float(np.diag(sims).mean() - sims[off].mean())
+
+
+@pytest.mark.parametrize("n", [2, 3, 17])
+def test_cosine_margin_matches_a_dense_reference_and_a_constant_embedding_scores_zero(n):
+    rng = np.random.default_rng(n)
+    a, b = rng.normal(size=(n, 8)), rng.normal(size=(n, 8))
+    b[0] = a[0]  # a perfect twin, and ties
+    rows = list(pm.iter_pair_metrics({"GM_P": a, "GM_S60": b}, [("GM_P", "GM_S60")], ks=(1,), progress=False))
+    assert rows[0]["cosine_margin"] == pytest.approx(dense_margin(a, b), abs=1e-6)
+    constant = np.ones((n, 8)) + 1e-9 * rng.normal(size=(n, 8))
+    rows = list(pm.iter_pair_metrics({"GM_P": constant, "GM_S60": constant}, [("GM_P", "GM_S60")], ks=(1,),
+                                     progress=False))
+    assert rows[0]["cosine_similarity"] == pytest.approx(1.0) and abs(rows[0]["cosine_margin"]) < 1e-6
+    assert np.isnan(pm.cosine_margin(np.ones((1, 4)), np.ones((1, 4))))
 
 
 def test_itertools_reference_pairs_are_unordered():

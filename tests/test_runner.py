@@ -35,7 +35,7 @@ def test_python_evaluate_returns_results_and_writes_what_the_cli_writes(tmp_path
     assert list(results.summary.columns) == ["group", "metric", "mean", "std", "median", "iqr", "n_pairs"]
     frame = results.to_pandas()
     assert list(frame.columns) == ["bench", "protocol", "task", "unit", "metric", "value"]
-    assert len(frame) == 6 * 5 and set(frame["task"]) == {"inter_scanner", "inter_staining", "both"}
+    assert len(frame) == 6 * 6 and set(frame["task"]) == {"inter_scanner", "inter_staining", "both"}
     assert results.headline["leaderboard_score"] == pytest.approx(results.run["leaderboard_score"])
 
     assert cli.main(["evaluate", "--bench", "plism", "--model", "vit-tiny-random", "--data", "synthetic",
