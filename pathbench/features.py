@@ -274,6 +274,7 @@ def _run_shards(
     from tqdm.auto import tqdm
 
     n_items = len(dataset)
+    width = extractor.output_dim(pooling)
     if num_workers is None:
         num_workers = 0 if extractor.device.type == "cpu" else min(8, os.cpu_count() or 1)
     loader = DataLoader(
@@ -295,6 +296,12 @@ def _run_shards(
             pixels = extractor.preprocess(batch)
             tokens = extractor.forward_tokens(pixels)
             embeddings = pool_tokens(tokens, extractor.num_prefix_tokens, pooling).float().cpu().numpy()
+            if embeddings.shape[1] != width:  # a plugin's ready Extractor whose spec misstates its width
+                raise PathbenchError(
+                    f"{extractor.name} gives embeddings of width {embeddings.shape[1]} with pooling {pooling}, "
+                    f"but its spec (from {extractor.spec.origin}) declares embed_dim={extractor.spec.embed_dim}, "
+                    f"hence {width}; fix embed_dim in the spec."
+                )
             if not np.isfinite(embeddings).all():
                 raise DataError(
                     f"{extractor.name} produced NaN or infinite embeddings in shard {shard} of {entry}; "

@@ -12,7 +12,7 @@ import torch
 from pathbench.errors import PathbenchError, WeightsAccessError
 from pathbench.extractors import weights as weights_mod
 from pathbench.extractors.base import Extractor
-from pathbench.extractors.builders import TokenModel, build_network
+from pathbench.extractors.builders import TokenModel, build_network, check_network
 from pathbench.extractors.checks import check_preprocessing
 from pathbench.extractors.registry import get_spec, plugin_extractor
 from pathbench.extractors.spec import ModelSpec
@@ -139,8 +139,10 @@ def _load_hf_pretrained(spec: ModelSpec, trust_remote_code: bool) -> tuple[Token
     registers = int(getattr(config, "num_register_tokens", 0) or 0)
     if spec.embed_dim == 0:
         spec = spec.replace(embed_dim=hidden, num_prefix_tokens=1 + registers)
+    network = TokenModel(backbone, "hf")
+    check_network(spec, network)
     # A snapshot folder is named by its commit, which pins the weights' content.
-    return TokenModel(backbone, "hf"), "hf-commit:" + Path(local_dir).name, spec
+    return network, "hf-commit:" + Path(local_dir).name, spec
 
 
 def remote_code_error(spec: ModelSpec, exc: ImportError, transformers_version: str) -> PathbenchError:
