@@ -170,11 +170,12 @@ def _snapshot(spec: ModelSpec) -> str:
     from huggingface_hub.utils import GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError
 
     page = weights_mod.hub_page(spec.hub_id or "")
+    cache_only = weights_mod.cache_only_reason()
     try:
         return snapshot_download(
             spec.hub_id, allow_patterns=["*.json", "*.safetensors", "*.py", "*.txt"] + (
                 [] if _has_safetensors(spec) else ["*.bin"]
-            )
+            ), local_files_only=cache_only is not None,
         )
     except GatedRepoError as exc:
         raise WeightsAccessError(f"{spec.name}: {page} is gated and this account has no access. "
@@ -183,11 +184,8 @@ def _snapshot(spec: ModelSpec) -> str:
         raise WeightsAccessError(f"{spec.name}: {page} was not found, or it is gated and no token was sent. "
                                  f"{weights_mod.access_help(spec)}") from exc
     except LocalEntryNotFoundError as exc:
-        raise WeightsAccessError(
-            f"{spec.name}: the hub could not be reached (or HF_HUB_OFFLINE is set) and no cached copy of "
-            f"{spec.hub_id} exists. Download it once with `huggingface-cli download {spec.hub_id}`, "
-            "or pass --weights PATH."
-        ) from exc
+        why = cache_only or "the Hugging Face hub could not be reached"
+        raise weights_mod.not_cached_error(spec, why, spec.hub_id or "") from exc
 
 
 def _has_safetensors(spec: ModelSpec) -> bool:
