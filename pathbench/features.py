@@ -211,15 +211,20 @@ def extract_features(
     computed = sum(_shard_rows(s, n_items, shard_size) for s in pending)
     _barrier()
     if rank == 0:
-        for _attempt in range(3):
-            bad = _finalise(entry, n_shards, n_items, shard_size, dim, dataset.item_ids,
-                            tiles_per_s=computed / (time.perf_counter() - started) if computed else None)
+
+        def join() -> list[int]:
+            rate = computed / (time.perf_counter() - started) if computed else None
+            return _finalise(entry, n_shards, n_items, shard_size, dim, dataset.item_ids, tiles_per_s=rate)
+
+        bad = join()
+        for _retry in range(2):  # rank 0 recomputes what failed verification (any rank's shards)
             if not bad:
                 break
-            rows = [_shard_rows(s, n_items, shard_size) for s in bad]
-            run(bad, 0, sum(rows))
-            computed += sum(rows)
-        else:
+            rows = sum(_shard_rows(s, n_items, shard_size) for s in bad)
+            run(bad, 0, rows)
+            computed += rows
+            bad = join()
+        if bad:
             raise PathbenchError(f"shards {bad[:5]} of feature cache entry {entry} fail verification again right "
                                  "after being recomputed; check the disk (space, errors) and run again.")
     _barrier()

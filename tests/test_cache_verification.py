@@ -204,3 +204,16 @@ def test_a_resumed_run_sweeps_temporaries_of_dead_writers_only(tiny_extractor, r
     assert not dead.exists() and live.exists()
     assert sorted(p.name for p in entry.iterdir() if p != live) == [
         "features.npy", "item_ids.json", "manifest.json", "meta.json"]
+
+
+def test_a_disk_that_keeps_corrupting_shards_is_an_error_not_a_loop(tiny_extractor, random_tiles, tmp_path,
+                                                                     monkeypatch):
+    import pathbench.features as features_module
+    from pathbench.errors import PathbenchError
+
+    monkeypatch.setattr(features_module, "_read_shard", lambda *args: None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CacheWarning)
+        with pytest.raises(PathbenchError, match="fail verification again.*check the disk"):
+            _extract(tiny_extractor, CountingDataset(random_tiles[:8]), tmp_path)
+    assert not list((tmp_path / "features").glob("*/*/manifest.json"))
