@@ -40,7 +40,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
-import io
 import json
 import os
 import re
@@ -71,6 +70,7 @@ _SHARD = re.compile(r"^shard-(\d{5,})\.npy$")
 _MARKER = ".extracting-"
 _DTYPE = np.dtype("<f4")
 _DATA_FILES = ("features.npy", "item_ids.json")
+_BLOCK = 1 << 22  # bytes read at a time when joining shards
 
 
 class CacheWarning(UserWarning):
@@ -301,16 +301,16 @@ def _run_shards(
             pixels = extractor.preprocess(batch)
             tokens = extractor.forward_tokens(pixels)
             embeddings = pool_tokens(tokens, extractor.num_prefix_tokens, pooling).float().cpu().numpy()
+            if not np.isfinite(embeddings).all():
+                raise DataError(
+                    f"{extractor.name} produced NaN or infinite embeddings in shard {shard} of {entry}; "
+                    "try --precision fp32, or check the weights."
+                )
             if embeddings.shape[1] != width:  # a plugin's ready Extractor whose spec misstates its width
                 raise PathbenchError(
                     f"{extractor.name} gives embeddings of width {embeddings.shape[1]} with pooling {pooling}, "
                     f"but its spec (from {extractor.spec.origin}) declares embed_dim={extractor.spec.embed_dim}, "
                     f"hence {width}; fix embed_dim in the spec."
-                )
-            if not np.isfinite(embeddings).all():
-                raise DataError(
-                    f"{extractor.name} produced NaN or infinite embeddings in shard {shard} of {entry}; "
-                    "try --precision fp32, or check the weights."
                 )
             parts.append(embeddings)
             rows_needed -= len(embeddings)
@@ -363,20 +363,30 @@ def _shard_ok(entry: Path, shard: int, rows: int, dim: int) -> bool:
     return ok
 
 
-def _read_shard(entry: Path, shard: int, rows: int, dim: int) -> tuple[bytes, dict[str, Any]] | None:
-    """The raw float32 payload and the record of a shard whose bytes match the record's sha256, else None."""
+def _copy_shard(entry: Path, shard: int, rows: int, dim: int, out: _io.HashingWriter | None) -> dict | None:
+    """Stream a shard's float32 payload into ``out`` (when given) while hashing the whole file.
+
+    Returns the shard's record when the file has the expected layout and its sha256 matches
+    the record, else None (what was written to ``out`` is then to be discarded). Memory stays
+    bounded by one block whatever the shard's size (token grids make shards of 100s of MB).
+    """
     path, record_path = _shard_paths(entry, shard)
     try:
         record = _io.read_json(record_path)
-        data = path.read_bytes()
-        if hashlib.sha256(data).hexdigest() != record["sha256"]:
-            return None
-        shape, header = _npy_header(io.BytesIO(data))
+        with open(path, "rb") as handle:
+            shape, header = _npy_header(handle)
+            size = os.fstat(handle.fileno()).st_size
+            if shape != (rows, dim) or size != header + rows * dim * _DTYPE.itemsize or size != record["size"]:
+                return None
+            handle.seek(0)
+            hasher = hashlib.sha256(handle.read(header))
+            for block in iter(lambda: handle.read(_BLOCK), b""):
+                hasher.update(block)
+                if out is not None:
+                    out.write(block)
+        return record if hasher.hexdigest() == record["sha256"] else None
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    if shape != (rows, dim) or header + rows * dim * _DTYPE.itemsize != len(data):
-        return None
-    return data[header:], record
 
 
 def _npy_header(handle: BinaryIO) -> tuple[tuple[int, ...], int]:
@@ -415,12 +425,12 @@ def _finalise(entry: Path, n_shards: int, n_items: int, shard_size: int, dim: in
                 writer, {"descr": _DTYPE.str, "fortran_order": False, "shape": (n_items, dim)}
             )
             for shard in range(n_shards):
-                read = _read_shard(entry, shard, _shard_rows(shard, n_items, shard_size), dim)
-                if read is None:
+                # After a bad shard the output is abandoned: the rest are only checked.
+                record = _copy_shard(entry, shard, _shard_rows(shard, n_items, shard_size), dim,
+                                     None if bad else writer)
+                if record is None:
                     bad.append(shard)
-                elif not bad:
-                    payload, record = read
-                    writer.write(payload)
+                else:
                     shards[f"shard-{shard:05d}.npy"] = {"size": record["size"], "sha256": record["sha256"]}
             if bad:
                 raise Abandon

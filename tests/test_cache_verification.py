@@ -211,7 +211,7 @@ def test_a_disk_that_keeps_corrupting_shards_is_an_error_not_a_loop(tiny_extract
     import pathbench.features as features_module
     from pathbench.errors import PathbenchError
 
-    monkeypatch.setattr(features_module, "_read_shard", lambda *args: None)
+    monkeypatch.setattr(features_module, "_copy_shard", lambda *args: None)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", CacheWarning)
         with pytest.raises(PathbenchError, match="fail verification again.*check the disk"):
