@@ -144,7 +144,8 @@ class ModelSpec:
                 f"num_prefix_tokens counts the class token, so it is at least 1; got {self.num_prefix_tokens!r}"
             )
         if not isinstance(self.embed_dim, int) or self.embed_dim < 0:
-            problems.append(f"embed_dim is the width of the output tokens (an integer > 0), got {self.embed_dim!r}")
+            problems.append(f"embed_dim is the width of the output tokens (an integer; 0 only for specs that learn it "
+                            f"when loaded), got {self.embed_dim!r}")
         return problems
 
     def problems(self) -> list[str]:
