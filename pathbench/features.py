@@ -1,17 +1,38 @@
-"""Batched, resumable, content-keyed feature extraction.
+"""Batched, resumable, content-keyed feature extraction, verified on every read.
 
 Layout of one cache entry, ``<cache>/features/<key[:2]>/<key>/``:
 
 - ``meta.json``: what the key stands for (extractor identity, dataset, item count);
 - ``shard-00000.npy`` ...: float32 ``(rows, dim)`` blocks of ``shard_size`` items, each
-  written atomically; a run killed at any moment loses at most the shard in flight;
-- ``features.npy`` and ``manifest.json``: written when every shard exists (the manifest
-  last), after which the shards are removed. An entry with a manifest is complete; an
-  identical request then reads it back and runs no model at all.
+  written atomically, then its ``shard-00000.json`` (rows, dim, size, sha256, mtime); a run
+  killed at any moment loses at most the shard in flight;
+- ``features.npy``, ``item_ids.json`` and ``manifest.json``: written when every shard
+  exists (the manifest last, with the size and sha256 of both files and of every shard
+  they were joined from), after which the shards are removed. An entry with a manifest is
+  complete; an identical request then reads it back and runs no model at all.
+
+What is verified, and when:
+
+- every read of a complete entry checks, at the cost of a few ``stat`` calls and one
+  header read: each file exists with the size the manifest records, ``features.npy``'s
+  header says ``(n_items, dim)`` float32, and a file whose modification time changed is
+  hashed (a rewrite of the same size is caught without hashing every time);
+- the full check (sha256 of every file) runs when asked (``verify=True``, ``--verify``)
+  and on the first read after a crash: a hidden marker ``.extracting-<host>-<pid>`` is
+  written before extraction starts and removed once the manifest is written, so a
+  complete entry that still holds a marker was written by a process that died around its
+  last step, and is hashed before it is trusted (then the marker is removed);
+- shards are hashed when they are joined (they are read then anyway), and a resumed
+  run checks each kept shard's size, header and modification time against its record;
+- an entry or shard that fails any check is recomputed, with one warning line
+  (:class:`CacheWarning`); a wrong number is never returned. Entries written before
+  checksums existed (manifest format 1) are recomputed once: hashing them now would
+  bless whatever their files hold, which is the failure this verification exists for.
 
 Under ``torchrun`` (``torch.distributed`` initialised) rank ``r`` of ``w`` extracts shards
 ``r, r + w, ...``; shards are cut and batched the same way whatever the world size, so
-the result is the same as a single-process run.
+the result is the same as a single-process run. Rank 0 verifies, joins and writes the
+manifest.
 """
 
 from __future__ import annotations
@@ -23,10 +44,11 @@ import json
 import os
 import re
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -39,8 +61,20 @@ from pathbench.extractors.base import Extractor, resize_crop
 from pathbench.extractors.spec import ModelSpec
 from pathbench.settings import cache_root
 
-FORMAT_VERSION = 1
+# Version of what the cache key describes; the numbers in an entry depend on nothing else,
+# so it stays 1 while the manifest format changes.
+KEY_VERSION = 1
+# Manifest format: 2 records the size, sha256 and mtime of every file; 1 recorded none.
+MANIFEST_FORMAT = 2
 _SHARD = re.compile(r"^shard-(\d{5,})\.npy$")
+_MARKER = ".extracting-"
+_DTYPE = np.dtype("<f4")
+_DATA_FILES = ("features.npy", "item_ids.json")
+_BLOCK = 1 << 22  # bytes read at a time when joining shards
+
+
+class CacheWarning(UserWarning):
+    """A feature cache entry (or shard) failed verification and is recomputed."""
 
 
 @dataclasses.dataclass
@@ -88,7 +122,7 @@ class Features:
 def feature_key(extractor: Extractor, dataset: Any, pooling: str, shard_size: int) -> tuple[str, dict[str, Any]]:
     """The cache key of ``dataset`` embedded by ``extractor`` with ``pooling``, and what it stands for."""
     description = {
-        "format": FORMAT_VERSION,
+        "format": KEY_VERSION,
         "extractor": extractor.identity(pooling),
         "dataset": {
             "fingerprint": _dataset_fingerprint(dataset),
@@ -112,6 +146,7 @@ def extract_features(
     shard_size: int = 1024,
     progress: bool = True,
     desc: str | None = None,
+    verify: bool = False,
 ) -> Features:
     """Embed every item of ``dataset`` with ``extractor``, through the cache.
 
@@ -125,6 +160,9 @@ def extract_features(
             where workers would compete with the model for cores; else up to 8).
         shard_size: items per shard file (the unit of resumption and of distribution).
         progress: show a progress bar with tiles/s.
+        desc: label of the progress bar.
+        verify: hash every file of a cached entry (sha256) before using it, instead of
+            the cheap checks of sizes, header and modification times (module docstring).
 
     Returns:
         :class:`Features` with ``array`` of shape ``(len(dataset), extractor.output_dim(pooling))``.
@@ -141,36 +179,62 @@ def extract_features(
         raise DataError("dataset item ids are not unique; each item needs its own id.")
     key, description = feature_key(extractor, dataset, pooling, shard_size)
     entry = cache_root(cache_dir) / "features" / key[:2] / key
-    if (entry / "manifest.json").is_file():
-        return _read_complete(entry, key, dataset.item_ids)
+    rank, world = _rank_and_world()
+    # Rank 0 alone verifies (and may discard) a complete entry; every rank follows its verdict.
+    complete = rank == 0 and (entry / "manifest.json").is_file() and _verified(entry, full=verify)
+    if _rank0_says(complete):
+        return Features(item_ids=list(dataset.item_ids), key=key, path=entry)
     entry.mkdir(parents=True, exist_ok=True)
     if not (entry / "meta.json").is_file():
         _io.write_json(entry / "meta.json", description)
+    _io.remove_stale_temporaries(entry)
+    marker = entry / f"{_MARKER}{_io.owner_tag()}"
+    _io.write_json(marker, {"pid": os.getpid(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
 
     n_items = len(dataset)
     n_shards = max(1, -(-n_items // shard_size))
-    rank, world = _rank_and_world()
     started = time.perf_counter()
     dim = extractor.output_dim(pooling)
     mine = [s for s in range(n_shards) if s % world == rank]
-    pending = [s for s in mine if not _valid_shard(entry, s, _shard_rows(s, n_items, shard_size), dim)]
+    pending = [s for s in mine if not _shard_ok(entry, s, _shard_rows(s, n_items, shard_size), dim)]
     done_items = sum(_shard_rows(s, n_items, shard_size) for s in mine if s not in pending)
-    if pending:
+
+    def run(shards: list[int], done: int, total: int) -> None:
         _run_shards(
-            extractor, dataset, entry, pending, pooling=pooling, batch_size=batch_size, shard_size=shard_size,
-            num_workers=num_workers, progress=progress, done_items=done_items,
-            total_items=sum(_shard_rows(s, n_items, shard_size) for s in mine),
+            extractor, dataset, entry, shards, pooling=pooling, batch_size=batch_size, shard_size=shard_size,
+            num_workers=num_workers, progress=progress, done_items=done, total_items=total,
             desc=desc or f"{extractor.name} [{pooling}]",
         )
+
+    if pending:
+        run(pending, done_items, sum(_shard_rows(s, n_items, shard_size) for s in mine))
     computed = sum(_shard_rows(s, n_items, shard_size) for s in pending)
-    seconds = time.perf_counter() - started
     _barrier()
     if rank == 0:
-        rate = computed / seconds if computed and seconds > 0 else None
-        _finalise(entry, n_shards, n_items, shard_size, dim, dataset.item_ids, tiles_per_s=rate)
+
+        def join() -> list[int]:
+            rate = computed / (time.perf_counter() - started) if computed else None
+            return _finalise(entry, n_shards, n_items, shard_size, dim, dataset.item_ids, tiles_per_s=rate)
+
+        bad = join()
+        for _retry in range(2):  # rank 0 recomputes what failed verification (any rank's shards)
+            if not bad:
+                break
+            rows = sum(_shard_rows(s, n_items, shard_size) for s in bad)
+            run(bad, 0, rows)
+            computed += rows
+            bad = join()
+        if bad:
+            raise PathbenchError(f"shards {bad[:5]} of feature cache entry {entry} fail verification again right "
+                                 "after being recomputed; check the disk (space, errors) and run again.")
     _barrier()
-    features = _read_complete(entry, key, dataset.item_ids)
-    features.computed, features.seconds = computed, seconds
+    with contextlib.suppress(FileNotFoundError):
+        marker.unlink()
+    if not _verified(entry, full=False):
+        raise PathbenchError(f"feature cache entry {entry} fails verification right after it was written; "
+                             "check the disk (space, errors) and run again.")
+    features = Features(item_ids=list(dataset.item_ids), key=key, path=entry)
+    features.computed, features.seconds = computed, time.perf_counter() - started
     return features
 
 
@@ -215,6 +279,7 @@ def _run_shards(
     from tqdm.auto import tqdm
 
     n_items = len(dataset)
+    width = extractor.output_dim(pooling)
     if num_workers is None:
         num_workers = 0 if extractor.device.type == "cpu" else min(8, os.cpu_count() or 1)
     loader = DataLoader(
@@ -240,11 +305,17 @@ def _run_shards(
                     f"{extractor.name} produced NaN or infinite embeddings in shard {shard} of {entry}; "
                     "try --precision fp32, or check the weights."
                 )
+            if embeddings.shape[1] != width:  # a plugin's ready Extractor whose spec misstates its width
+                raise PathbenchError(
+                    f"{extractor.name} gives embeddings of width {embeddings.shape[1]} with pooling {pooling}, "
+                    f"but its spec (from {extractor.spec.origin}) declares embed_dim={extractor.spec.embed_dim}, "
+                    f"hence {width}; fix embed_dim in the spec."
+                )
             parts.append(embeddings)
             rows_needed -= len(embeddings)
             bar.update(len(embeddings))
             if rows_needed == 0:
-                _io.save_npy(entry / f"shard-{shard:05d}.npy", np.concatenate(parts))
+                _write_shard(entry, shard, np.concatenate(parts))
                 parts = []
                 shard = next(shard_iter, -1)
                 rows_needed = _shard_rows(shard, n_items, shard_size) if shard >= 0 else 0
@@ -254,60 +325,205 @@ def _shard_rows(shard: int, n_items: int, shard_size: int) -> int:
     return max(0, min(shard_size, n_items - shard * shard_size))
 
 
-def _valid_shard(entry: Path, shard: int, rows: int, dim: int) -> bool:
-    path = entry / f"shard-{shard:05d}.npy"
-    if not path.is_file():
-        return False
-    try:
-        array = np.load(path, mmap_mode="r")
-        ok = array.shape == (rows, dim) and array.dtype == np.float32
-    except (ValueError, OSError):
-        ok = False
-    if not ok:  # never trust a shard of the wrong shape: recompute it
+def _shard_paths(entry: Path, shard: int) -> tuple[Path, Path]:
+    return entry / f"shard-{shard:05d}.npy", entry / f"shard-{shard:05d}.json"
+
+
+def _write_shard(entry: Path, shard: int, array: np.ndarray) -> None:
+    """The shard, then its record; a shard without a record is never trusted."""
+    path, record = _shard_paths(entry, shard)
+    digest = _io.save_npy(path, array.astype(_DTYPE, copy=False))
+    _io.write_json(record, {"rows": len(array), "dim": int(array.shape[1]), "size": digest.size,
+                            "sha256": digest.sha256, "mtime_ns": path.stat().st_mtime_ns})
+
+
+def _drop_shard(entry: Path, shard: int) -> None:
+    for path in _shard_paths(entry, shard):
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
+
+
+def _shard_ok(entry: Path, shard: int, rows: int, dim: int) -> bool:
+    """Cheap check of a kept shard (record, size, header; hashed if its mtime changed); drops a bad one."""
+    path, record_path = _shard_paths(entry, shard)
+    try:
+        record = _io.read_json(record_path)
+        stat = path.stat()
+        with open(path, "rb") as handle:
+            shape, header = _npy_header(handle)
+        ok = (record["rows"], record["dim"]) == (rows, dim) == shape
+        ok = ok and stat.st_size == record["size"] == header + rows * dim * _DTYPE.itemsize
+        if ok and stat.st_mtime_ns != record["mtime_ns"]:
+            ok = _io.file_digest(path).sha256 == record["sha256"]
+    except (OSError, ValueError, KeyError, TypeError):
+        ok = False
+    if not ok:
+        _drop_shard(entry, shard)
     return ok
 
 
+def _copy_shard(entry: Path, shard: int, rows: int, dim: int, out: _io.HashingWriter | None) -> dict | None:
+    """Stream a shard's float32 payload into ``out`` (when given) while hashing the whole file.
+
+    Returns the shard's record when the file has the expected layout and its sha256 matches
+    the record, else None (what was written to ``out`` is then to be discarded). Memory stays
+    bounded by one block whatever the shard's size (token grids make shards of 100s of MB).
+    """
+    path, record_path = _shard_paths(entry, shard)
+    try:
+        record = _io.read_json(record_path)
+        with open(path, "rb") as handle:
+            shape, header = _npy_header(handle)
+            size = os.fstat(handle.fileno()).st_size
+            if shape != (rows, dim) or size != header + rows * dim * _DTYPE.itemsize or size != record["size"]:
+                return None
+            handle.seek(0)
+            hasher = hashlib.sha256(handle.read(header))
+            for block in iter(lambda: handle.read(_BLOCK), b""):
+                hasher.update(block)
+                if out is not None:
+                    out.write(block)
+        return record if hasher.hexdigest() == record["sha256"] else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _npy_header(handle: BinaryIO) -> tuple[tuple[int, ...], int]:
+    """``(shape, header length in bytes)`` of a C-ordered little-endian float32 ``.npy``;
+    ValueError for anything else."""
+    version = np.lib.format.read_magic(handle)
+    readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+    if version not in readers:
+        raise ValueError(f"unsupported .npy version {version}")
+    shape, fortran, dtype = readers[version](handle)
+    if fortran or dtype != _DTYPE:
+        raise ValueError(f"expected C-ordered float32, found dtype {dtype}, fortran order {fortran}")
+    return tuple(shape), handle.tell()
+
+
 def _finalise(entry: Path, n_shards: int, n_items: int, shard_size: int, dim: int, item_ids: list[str],
-              tiles_per_s: float | None = None) -> None:
-    """Join the shards into ``features.npy`` (streamed, bounded memory), then write the manifest."""
+              tiles_per_s: float | None = None) -> list[int]:
+    """Join the shards into ``features.npy`` (streamed, hashed on the way), then write the manifest.
+
+    Returns:
+        The shards that are missing or fail verification (dropped; nothing is written), or
+        ``[]`` once the entry is complete.
+    """
     if (entry / "manifest.json").is_file():
-        return
-    missing = [s for s in range(n_shards) if not (entry / f"shard-{s:05d}.npy").is_file()]
-    if missing:
-        raise PathbenchError(f"feature cache {entry} is missing shards {missing[:5]} after extraction.")
-    tmp = entry / f".features.npy.{os.getpid()}.tmp"
-    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n_items, dim))
-    for shard in range(n_shards):
-        start = shard * shard_size
-        block = np.load(entry / f"shard-{shard:05d}.npy")
-        out[start : start + len(block)] = block
-    out.flush()
-    del out
-    with open(tmp, "rb+") as handle:
-        os.fsync(handle.fileno())
-    os.replace(tmp, entry / "features.npy")
+        return []
+    shards: dict[str, dict[str, Any]] = {}
+    bad: list[int] = []
+
+    class Abandon(Exception):
+        pass
+
+    try:
+        with _io.atomic_write(entry / "features.npy", "wb") as handle:
+            writer = _io.HashingWriter(handle)
+            np.lib.format.write_array_header_1_0(
+                writer, {"descr": _DTYPE.str, "fortran_order": False, "shape": (n_items, dim)}
+            )
+            for shard in range(n_shards):
+                # After a bad shard the output is abandoned: the rest are only checked.
+                record = _copy_shard(entry, shard, _shard_rows(shard, n_items, shard_size), dim,
+                                     None if bad else writer)
+                if record is None:
+                    bad.append(shard)
+                else:
+                    shards[f"shard-{shard:05d}.npy"] = {"size": record["size"], "sha256": record["sha256"]}
+            if bad:
+                raise Abandon
+    except Abandon:
+        for shard in bad:
+            _drop_shard(entry, shard)
+        warnings.warn(
+            f"feature cache entry {entry}: shards {bad[:5]}{' ...' if len(bad) > 5 else ''} are missing or fail "
+            "their sha256 check; recomputing them.",
+            CacheWarning, stacklevel=3,
+        )
+        return bad
+    written = writer.digest()
     _io.write_json(entry / "item_ids.json", item_ids)
+    files = {
+        "features.npy": {"size": written.size, "sha256": written.sha256},
+        "item_ids.json": dataclasses.asdict(_io.file_digest(entry / "item_ids.json")),
+    }
+    for name, record in files.items():
+        record["mtime_ns"] = (entry / name).stat().st_mtime_ns
     _io.write_json(
         entry / "manifest.json",
-        {"format": FORMAT_VERSION, "n_items": n_items, "dim": dim, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-         "tiles_per_s": tiles_per_s},
+        {"format": MANIFEST_FORMAT, "n_items": n_items, "dim": dim, "dtype": "float32",
+         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "tiles_per_s": tiles_per_s, "files": files,
+         "shards": shards},
     )
     for shard in range(n_shards):
+        _drop_shard(entry, shard)
+    for marker in entry.glob(f"{_MARKER}*"):
         with contextlib.suppress(FileNotFoundError):
-            (entry / f"shard-{shard:05d}.npy").unlink()
+            marker.unlink()
+    return []
 
 
-def _read_complete(entry: Path, key: str, item_ids: list[str]) -> Features:
-    manifest = _io.read_json(entry / "manifest.json")
-    features = Features(item_ids=list(item_ids), key=key, path=entry)
-    if features.array.shape != (manifest["n_items"], manifest["dim"]):
-        raise PathbenchError(
-            f"feature cache entry {entry} is inconsistent (features {features.array.shape}, manifest "
-            f"{manifest['n_items']} x {manifest['dim']}); delete that folder and run again."
-        )
-    return features
+def _verified(entry: Path, full: bool) -> bool:
+    """Whether the complete entry passes its checks (module docstring); a failing entry is
+    discarded with one warning line, so that it is recomputed."""
+    problem = _entry_problem(entry, full)
+    if problem is None:
+        return True
+    warnings.warn(f"feature cache entry {entry} {problem}; recomputing it.", CacheWarning, stacklevel=3)
+    # The manifest goes first: from then on no reader trusts the entry.
+    for name in ("manifest.json", *_DATA_FILES):
+        with contextlib.suppress(FileNotFoundError):
+            (entry / name).unlink()
+    return False
+
+
+def _entry_problem(entry: Path, full: bool) -> str | None:
+    """What is wrong with a complete entry, in words, or None."""
+    try:
+        manifest = _io.read_json(entry / "manifest.json")
+    except (OSError, ValueError) as exc:
+        return f"has an unreadable manifest ({type(exc).__name__})"
+    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
+        found = manifest.get("format") if isinstance(manifest, dict) else None
+        return (f"was written without checksums (manifest format {found}, expected {MANIFEST_FORMAT}); "
+                "its content cannot be verified")
+    markers = list(entry.glob(f"{_MARKER}*"))
+    full = full or bool(markers)
+    try:
+        files = {name: manifest["files"][name] for name in _DATA_FILES}
+        shape = (int(manifest["n_items"]), int(manifest["dim"]))
+    except (KeyError, TypeError, ValueError):
+        return "has an incomplete manifest"
+    moved = []
+    for name, record in files.items():
+        try:
+            stat = (entry / name).stat()
+        except FileNotFoundError:
+            return f"has lost {name}"
+        if stat.st_size != record.get("size"):
+            return f"has a {name} of {stat.st_size} bytes where its manifest records {record.get('size')}"
+        if stat.st_mtime_ns != record.get("mtime_ns"):
+            moved.append(name)
+    try:
+        with open(entry / "features.npy", "rb") as handle:
+            found, header = _npy_header(handle)
+    except (OSError, ValueError) as exc:
+        return f"has an unreadable features.npy header ({exc})"
+    if found != shape or header + shape[0] * shape[1] * _DTYPE.itemsize != files["features.npy"]["size"]:
+        return f"has a features.npy of shape {found} where its manifest records {shape}"
+    for name in _DATA_FILES if full else moved:
+        if _io.file_digest(entry / name).sha256 != files[name].get("sha256"):
+            return f"has a {name} whose content changed since it was written (sha256 mismatch)"
+    if moved:  # same bytes, new modification time (a copied cache): record it, to hash once only
+        for name in moved:
+            manifest["files"][name]["mtime_ns"] = (entry / name).stat().st_mtime_ns
+        with contextlib.suppress(OSError):
+            _io.write_json(entry / "manifest.json", manifest)
+    for marker in markers:
+        with contextlib.suppress(FileNotFoundError):
+            marker.unlink()
+    return None
 
 
 def _dataset_fingerprint(dataset: Any) -> str:
@@ -324,6 +540,15 @@ def _rank_and_world() -> tuple[int, int]:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
     return 0, 1
+
+
+def _rank0_says(flag: bool) -> bool:
+    """Rank 0's ``flag`` on every rank (the flag itself outside a distributed run)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return flag
+    message = [flag]
+    torch.distributed.broadcast_object_list(message, src=0)
+    return bool(message[0])
 
 
 def _barrier() -> None:

@@ -43,8 +43,11 @@ def _install_fake_distribution(root: Path, broken: bool) -> None:
     (info / "entry_points.txt").write_text(entry_points)
 
 
+ROOT = Path(__file__).resolve().parents[1]
+
+
 def _pathbench(root: Path, *args: str) -> subprocess.CompletedProcess:
-    env_path = f"{root}"
+    env_path = f"{root}{__import__('os').pathsep}{ROOT}"  # this checkout's pathbench, not an installed one
     code = "import sys; from pathbench.cli import main; sys.exit(main(sys.argv[1:]))"
     return subprocess.run(
         [sys.executable, "-c", code, *args],
@@ -93,7 +96,7 @@ def test_a_plugin_model_loads_and_embeds_like_a_builtin(plugin_root):
     )
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-        env={**__import__("os").environ, "PYTHONPATH": str(plugin_root)},
+        env={**__import__("os").environ, "PYTHONPATH": f"{plugin_root}{__import__('os').pathsep}{ROOT}"},
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "(2, 192) acme-pathbench"

@@ -3,10 +3,17 @@
 One builder per family. Every built network is wrapped in a :class:`TokenModel` whose
 ``forward(images) -> (B, T, D)`` returns all output tokens after the final norm
 (class token, registers, then patch tokens), so pooling is the same for every family.
+
+A spec is checked against what it builds, before any weights are fetched: an unknown
+build keyword, or a declared ``embed_dim`` or ``num_prefix_tokens`` that the network does
+not have, is a :class:`PathbenchError` naming the spec (a wrong width would otherwise only
+surface after a whole extraction, a wrong prefix count never).
 """
 
 from __future__ import annotations
 
+import inspect
+import re
 from typing import Any
 
 import torch
@@ -38,7 +45,44 @@ def build_network(spec: ModelSpec, device: str | torch.device = "cpu") -> TokenM
     builder = {"timm": _build_timm, "hf": _build_hf}[spec.family]
     with torch.device(device):
         backbone = builder(spec)
-    return TokenModel(backbone, spec.family)
+    network = TokenModel(backbone, spec.family)
+    check_network(spec, network)
+    return network
+
+
+def network_width(network: TokenModel) -> int | None:
+    """Width of the network's output tokens: timm's ``num_features`` (``embed_dim``), the
+    transformers config's ``hidden_size``; None when the network does not say."""
+    backbone = network.backbone
+    if network.family == "timm":
+        width = getattr(backbone, "num_features", None) or getattr(backbone, "embed_dim", None)
+    else:
+        width = getattr(getattr(backbone, "config", None), "hidden_size", None)
+    return int(width) if isinstance(width, int) and width > 0 else None
+
+
+def check_network(spec: ModelSpec, network: TokenModel) -> None:
+    """Raise a :class:`PathbenchError` when ``spec`` misdescribes ``network``'s tokens.
+
+    Specs that learn their width when loaded (``embed_dim=0``: generic ``hf:`` specs and
+    probes) are not checked.
+    """
+    if spec.embed_dim == 0:
+        return
+    width = network_width(network)
+    if width is not None and width != spec.embed_dim:
+        raise PathbenchError(
+            f"model spec {spec.name!r} (from {spec.origin}) declares embed_dim={spec.embed_dim}, but its "
+            f"architecture {spec.arch} with build_kwargs {spec.build_kwargs} has tokens of width {width}; "
+            f"set embed_dim={width} in the spec, or fix its build_kwargs."
+        )
+    prefix = getattr(network.backbone, "num_prefix_tokens", None) if network.family == "timm" else None
+    if isinstance(prefix, int) and prefix != spec.num_prefix_tokens:
+        raise PathbenchError(
+            f"model spec {spec.name!r} (from {spec.origin}) declares num_prefix_tokens={spec.num_prefix_tokens}, "
+            f"but its architecture {spec.arch} puts {prefix} class and register tokens before the patches; "
+            f"set num_prefix_tokens={prefix} in the spec."
+        )
 
 
 def count_parameters(spec: ModelSpec) -> int:
@@ -70,6 +114,17 @@ def _build_timm(spec: ModelSpec) -> nn.Module:
             f"timm cannot build architecture {spec.arch!r} for model {spec.name!r}: {exc}. "
             "List timm's architectures with `python -c \"import timm; print(timm.list_models())\"`."
         ) from exc
+    except TypeError as exc:  # the model class refused a keyword, or a value of the wrong type
+        keyword = re.search(r"unexpected keyword argument '([^']+)'", str(exc))
+        if keyword:
+            raise PathbenchError(
+                f"model spec {spec.name!r} (from {spec.origin}): the timm architecture {spec.arch} takes no build "
+                f"keyword {keyword[1]!r}; remove it from build_kwargs or rename it."
+            ) from exc
+        raise PathbenchError(
+            f"model spec {spec.name!r} (from {spec.origin}): timm cannot build {spec.arch} with build_kwargs "
+            f"{spec.build_kwargs}: {exc}."
+        ) from exc
 
 
 def _build_hf(spec: ModelSpec) -> nn.Module:
@@ -80,6 +135,16 @@ def _build_hf(spec: ModelSpec) -> nn.Module:
         raise PathbenchError(
             f"transformers has no config class {spec.arch!r} (model {spec.name!r}); "
             f"installed transformers is {transformers.__version__}. Upgrade transformers or fix the spec."
+        )
+    default = config_cls()
+    # Configs accept any keyword and keep it as an attribute that nothing reads: a typo would
+    # silently build the default architecture.
+    known = set(default.to_dict()) | set(inspect.signature(config_cls.__init__).parameters)
+    unknown = [k for k in spec.build_kwargs if k not in known and not hasattr(default, k)]
+    if unknown:
+        raise PathbenchError(
+            f"model spec {spec.name!r} (from {spec.origin}): the transformers architecture {spec.arch} takes no "
+            f"build keyword {unknown[0]!r}; remove it from build_kwargs or rename it."
         )
     config = config_cls(**spec.build_kwargs)
     return transformers.AutoModel.from_config(config, add_pooling_layer=False) if _takes_pooling(config) else (

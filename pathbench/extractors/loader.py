@@ -12,7 +12,7 @@ import torch
 from pathbench.errors import PathbenchError, WeightsAccessError
 from pathbench.extractors import weights as weights_mod
 from pathbench.extractors.base import Extractor
-from pathbench.extractors.builders import TokenModel, build_network
+from pathbench.extractors.builders import TokenModel, build_network, check_network
 from pathbench.extractors.checks import check_preprocessing
 from pathbench.extractors.registry import get_spec, plugin_extractor
 from pathbench.extractors.spec import ModelSpec
@@ -139,8 +139,10 @@ def _load_hf_pretrained(spec: ModelSpec, trust_remote_code: bool) -> tuple[Token
     registers = int(getattr(config, "num_register_tokens", 0) or 0)
     if spec.embed_dim == 0:
         spec = spec.replace(embed_dim=hidden, num_prefix_tokens=1 + registers)
+    network = TokenModel(backbone, "hf")
+    check_network(spec, network)
     # A snapshot folder is named by its commit, which pins the weights' content.
-    return TokenModel(backbone, "hf"), "hf-commit:" + Path(local_dir).name, spec
+    return network, "hf-commit:" + Path(local_dir).name, spec
 
 
 def remote_code_error(spec: ModelSpec, exc: ImportError, transformers_version: str) -> PathbenchError:
@@ -168,11 +170,12 @@ def _snapshot(spec: ModelSpec) -> str:
     from huggingface_hub.utils import GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError
 
     page = weights_mod.hub_page(spec.hub_id or "")
+    cache_only = weights_mod.cache_only_reason()
     try:
         return snapshot_download(
             spec.hub_id, allow_patterns=["*.json", "*.safetensors", "*.py", "*.txt"] + (
                 [] if _has_safetensors(spec) else ["*.bin"]
-            )
+            ), local_files_only=cache_only is not None,
         )
     except GatedRepoError as exc:
         raise WeightsAccessError(f"{spec.name}: {page} is gated and this account has no access. "
@@ -181,11 +184,8 @@ def _snapshot(spec: ModelSpec) -> str:
         raise WeightsAccessError(f"{spec.name}: {page} was not found, or it is gated and no token was sent. "
                                  f"{weights_mod.access_help(spec)}") from exc
     except LocalEntryNotFoundError as exc:
-        raise WeightsAccessError(
-            f"{spec.name}: the hub could not be reached (or HF_HUB_OFFLINE is set) and no cached copy of "
-            f"{spec.hub_id} exists. Download it once with `huggingface-cli download {spec.hub_id}`, "
-            "or pass --weights PATH."
-        ) from exc
+        why = cache_only or "the Hugging Face hub could not be reached"
+        raise weights_mod.not_cached_error(spec, why, spec.hub_id or "") from exc
 
 
 def _has_safetensors(spec: ModelSpec) -> bool:

@@ -3,7 +3,10 @@
 Third-party packages add extractors through the entry-point group
 ``pathbench.extractors``. Each entry point names a zero-argument callable returning a
 :class:`ModelSpec`, a list of specs, or a ready :class:`Extractor`. A plugin that fails
-to import or to run is reported as one warning line; everything else keeps working.
+to import or to run is reported as one warning line; everything else keeps working. So
+is each unusable model of a plugin (an invalid spec, a name that another model already
+has, something that is not a spec): it is skipped and the plugin's other models are kept.
+Each problem is reported once per process, however often the plugins are asked.
 
 This module imports neither torch nor timm nor transformers (``pathbench models`` lists
 specs without them); ``timm:<arch>`` specs import timm when they are asked for.
@@ -20,7 +23,7 @@ from importlib import metadata
 from typing import TYPE_CHECKING
 
 from pathbench.errors import ModelNotFoundError, PathbenchError
-from pathbench.extractors.spec import ModelSpec
+from pathbench.extractors.spec import ModelSpec, deferred_spec_checks
 from pathbench.extractors.zoo import BUILTIN_SPECS
 
 if TYPE_CHECKING:
@@ -32,6 +35,7 @@ logger = logging.getLogger(__name__)
 _registered: dict[str, ModelSpec] = {}
 _plugin_extractors: dict[str, Extractor] = {}
 _plugins_loaded = False
+_reported: set[str] = set()
 
 
 def register(spec: ModelSpec, *, overwrite: bool = False) -> ModelSpec:
@@ -59,24 +63,33 @@ def load_plugins(force: bool = False) -> None:
     _plugins_loaded = True
     for entry_point in metadata.entry_points(group=ENTRY_POINT_GROUP):
         origin = entry_point.dist.name if entry_point.dist is not None else entry_point.value
+        plugin = f"pathbench plugin {entry_point.name!r} from {origin}"
         try:
             factory: Callable[[], object] = entry_point.load()
-            provided = factory()
+            with deferred_spec_checks():  # one invalid spec must not take the others down
+                provided = factory()
         except Exception as exc:  # a broken plugin must never break pathbench
-            warnings.warn(
-                f"pathbench plugin {entry_point.name!r} from {origin} failed to load "
-                f"({type(exc).__name__}: {exc}); its models are unavailable.",
-                stacklevel=2,
-            )
+            _warn_once(f"{plugin} failed to load ({type(exc).__name__}: {exc}); its models are unavailable.")
             continue
-        try:
-            _register_provided(provided, origin)
-        except Exception as exc:
-            warnings.warn(
-                f"pathbench plugin {entry_point.name!r} from {origin} returned something unusable ({exc}); "
-                "expected a ModelSpec, a list of ModelSpec, or an Extractor.",
-                stacklevel=2,
-            )
+        if isinstance(provided, ModelSpec) or _is_extractor(provided):
+            items: Iterable[object] = [provided]
+        elif isinstance(provided, (list, tuple)):
+            items = provided
+        else:
+            _warn_once(f"{plugin} returned a {type(provided).__name__}; expected a ModelSpec, a list of ModelSpec, "
+                       "or an Extractor. Its models are unavailable.")
+            continue
+        for item in items:
+            problem = _register_item(item, origin)
+            if problem:
+                _warn_once(f"{plugin}: {problem}")
+
+
+def _warn_once(message: str) -> None:
+    message = " ".join(message.split())  # one line, whatever the exception said
+    if message not in _reported:
+        _reported.add(message)
+        warnings.warn(message, stacklevel=3)
 
 
 def _is_extractor(item: object) -> bool:
@@ -87,26 +100,31 @@ def _is_extractor(item: object) -> bool:
     return base is not None and isinstance(item, base.Extractor)
 
 
-def _register_provided(provided: object, origin: str) -> None:
-    items: Iterable[object]
-    if isinstance(provided, ModelSpec) or _is_extractor(provided):
-        items = [provided]
-    elif isinstance(provided, (list, tuple)):
-        items = provided
+def _register_item(item: object, origin: str) -> str | None:
+    """Register one model a plugin provided; what is wrong with it (it is then skipped), or None."""
+    if _is_extractor(item):
+        spec: ModelSpec = item.spec
+    elif isinstance(item, ModelSpec):
+        spec = item
     else:
-        raise TypeError(f"got {type(provided).__name__}")
-    for item in items:
-        if _is_extractor(item):
-            spec = item.spec if item.spec.origin != "pathbench" else item.spec.replace(origin=origin)
-            _plugin_extractors[spec.name] = item
-            _registered[spec.name] = spec
-        elif isinstance(item, ModelSpec):
-            spec = item if item.origin != "pathbench" else item.replace(origin=origin)
-            if spec.name in {s.name for s in BUILTIN_SPECS}:
-                raise TypeError(f"model name {spec.name!r} is taken by a built-in model")
-            _registered[spec.name] = spec
-        else:
-            raise TypeError(f"got a {type(item).__name__} in the list")
+        return (f"returned a {type(item).__name__} among its models, expected a ModelSpec or an Extractor; "
+                "it is skipped.")
+    problems = spec.problems()
+    if problems:
+        return f"model spec {spec.name!r} is invalid ({'; '.join(problems)}); it is skipped."
+    if spec.origin == "pathbench":
+        spec = spec.replace(origin=origin)
+    if spec.name in {s.name for s in BUILTIN_SPECS}:
+        return (f"model {spec.name!r} has the name of a pathbench built-in model (a name clash); it is skipped. "
+                "Rename it in the plugin.")
+    other = _registered.get(spec.name)
+    if other is not None and other.origin != spec.origin:
+        return (f"model {spec.name!r} has the name of a model from {other.origin} (a name clash); the first "
+                "one registered is kept and this one is skipped. Rename one of them.")
+    if _is_extractor(item):
+        _plugin_extractors[spec.name] = item
+    _registered[spec.name] = spec
+    return None
 
 
 def list_specs(pattern: str | None = None) -> list[ModelSpec]:

@@ -8,10 +8,12 @@ model's identity, separately, the way timm keeps an architecture apart from its
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from pathbench.errors import PathbenchError
@@ -25,6 +27,20 @@ FAMILIES = ("timm", "hf")
 # elsewhere (see resolve_precision).
 PRECISIONS = ("fp32", "fp16", "bf16")
 PRECISION_CHOICES = ("auto", *PRECISIONS)
+
+_DEFERRED_CHECKS: contextvars.ContextVar[bool] = contextvars.ContextVar("pathbench_deferred_spec_checks",
+                                                                        default=False)
+
+
+@contextlib.contextmanager
+def deferred_spec_checks() -> Iterator[None]:
+    """Within this block, an invalid :class:`ModelSpec` is created (with its :meth:`~ModelSpec.problems`)
+    instead of raising; the registry loads plugins this way."""
+    token = _DEFERRED_CHECKS.set(True)
+    try:
+        yield
+    finally:
+        _DEFERRED_CHECKS.reset(token)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,30 +111,51 @@ class ModelSpec:
     description: str = ""
 
     def __post_init__(self) -> None:
-        if self.family not in FAMILIES:
-            raise PathbenchError(
-                f"model spec {self.name!r}: family must be one of {', '.join(FAMILIES)}, got {self.family!r}."
-            )
-        for pooling in (self.default_pooling, *self.bench_pooling.values()):
-            check_pooling(pooling)
-        if self.recommended_precision not in PRECISIONS:
-            raise PathbenchError(
-                f"model spec {self.name!r}: recommended_precision must be one of {', '.join(PRECISIONS)}, "
-                f"got {self.recommended_precision!r}."
-            )
-        if self.mpp is not None and not self.mpp > 0:
-            raise PathbenchError(f"model spec {self.name!r}: mpp is microns per pixel (> 0) or None, got {self.mpp!r}.")
-        if self.num_prefix_tokens < 1:
-            raise PathbenchError(
-                f"model spec {self.name!r}: num_prefix_tokens counts the class token, so it is at least 1; "
-                f"got {self.num_prefix_tokens}."
-            )
+        problems = []
         # Mappings inside a frozen dataclass: store plain dicts so specs compare and serialise.
-        object.__setattr__(self, "build_kwargs", dict(self.build_kwargs))
-        object.__setattr__(self, "bench_pooling", dict(self.bench_pooling))
-        object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
-        object.__setattr__(self, "std", tuple(float(v) for v in self.std))
-        object.__setattr__(self, "requirements", tuple(self.requirements))
+        conversions = {"build_kwargs": dict, "bench_pooling": dict, "requirements": tuple,
+                       "mean": lambda v: tuple(float(x) for x in v), "std": lambda v: tuple(float(x) for x in v)}
+        for field, convert in conversions.items():
+            try:
+                object.__setattr__(self, field, convert(getattr(self, field)))
+            except (TypeError, ValueError) as exc:
+                problems.append(f"{field} {getattr(self, field)!r} is not usable ({exc})")
+        problems += self._field_problems()
+        object.__setattr__(self, "_problems", tuple(problems))
+        if problems and not _DEFERRED_CHECKS.get():
+            raise PathbenchError(f"model spec {self.name!r}: {problems[0]}.")
+
+    def _field_problems(self) -> list[str]:
+        problems = []
+        if self.family not in FAMILIES:
+            problems.append(f"family must be one of {', '.join(FAMILIES)}, got {self.family!r}")
+        bench_poolings = self.bench_pooling.values() if isinstance(self.bench_pooling, dict) else ()
+        for pooling in (self.default_pooling, *bench_poolings):
+            if pooling not in POOLINGS:
+                problems.append(f"unknown pooling {pooling!r}: expected one of {', '.join(POOLINGS)}")
+        if self.recommended_precision not in PRECISIONS:
+            problems.append(
+                f"recommended_precision must be one of {', '.join(PRECISIONS)}, got {self.recommended_precision!r}"
+            )
+        if self.mpp is not None and not (isinstance(self.mpp, (int, float)) and self.mpp > 0):
+            problems.append(f"mpp is microns per pixel (> 0) or None, got {self.mpp!r}")
+        if not isinstance(self.num_prefix_tokens, int) or self.num_prefix_tokens < 1:
+            problems.append(
+                f"num_prefix_tokens counts the class token, so it is at least 1; got {self.num_prefix_tokens!r}"
+            )
+        if not isinstance(self.embed_dim, int) or self.embed_dim < 0:
+            problems.append(f"embed_dim is the width of the output tokens (an integer; 0 only for specs that learn it "
+                            f"when loaded), got {self.embed_dim!r}")
+        return problems
+
+    def problems(self) -> list[str]:
+        """What is wrong with this spec (empty for a usable one).
+
+        Outside :func:`deferred_spec_checks` a spec with problems cannot be created; inside,
+        it is created and carries them, so that one bad spec of a plugin can be reported and
+        skipped while the plugin's other specs are kept.
+        """
+        return list(getattr(self, "_problems", ()))
 
     @property
     def num_registers(self) -> int:

@@ -1,7 +1,11 @@
 """Weights: from the Hugging Face hub or a local file, and their content fingerprint.
 
 Hub downloads go through ``huggingface_hub`` as designed: the user's cache and login,
-``HF_TOKEN`` and ``HF_HUB_OFFLINE`` are honoured. Pickled checkpoints are only read with
+``HF_TOKEN`` and ``HF_HUB_OFFLINE`` are honoured. Before the first download of a process
+the hub is probed once (:func:`hub_unreachable`, one request of a few seconds at most):
+without network, ``huggingface_hub`` would retry each request with back-off for about
+25 s and log every attempt; pathbench then reads the local cache only and, when the
+weights are not there, fails in one line that says what to do. Pickled checkpoints are only read with
 ``torch.load(weights_only=True)``. The fingerprint of the weights keys the feature cache:
 it is the sha256 of the weights file (the hub's LFS blob name is that sha256 already, so
 hub files are never re-hashed), or of the tensors themselves for random weights.
@@ -9,6 +13,7 @@ hub files are never re-hashed), or of the tensors themselves for random weights.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -22,6 +27,8 @@ from pathbench.errors import WeightsAccessError
 from pathbench.extractors.spec import ModelSpec
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+# Seconds the hub has to answer the probe; a reachable hub answers in well under one.
+HUB_PROBE_TIMEOUT_S = 5.0
 
 
 def hub_page(hub_id: str) -> str:
@@ -39,12 +46,63 @@ def access_help(spec: ModelSpec) -> str:
     return "; ".join(steps) + "."
 
 
+def hub_offline() -> bool:
+    """Whether ``HF_HUB_OFFLINE`` asks for the local cache only."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def hub_unreachable() -> str | None:
+    """Why the Hugging Face hub cannot be reached, or None when it answers (probed once per process).
+
+    One HEAD request to the hub's endpoint (``HF_ENDPOINT``) through ``huggingface_hub``'s
+    own session (so its proxies and certificates apply), without retries; any HTTP answer,
+    even an error status, means the hub is reachable.
+    """
+    from huggingface_hub import constants
+
+    return _probe(constants.ENDPOINT)
+
+
+@functools.lru_cache(maxsize=4)
+def _probe(endpoint: str) -> str | None:
+    from huggingface_hub.utils import get_session
+
+    try:
+        get_session().head(endpoint, timeout=HUB_PROBE_TIMEOUT_S)
+    except Exception as exc:  # whatever the transport raises (DNS, refused, timeout, TLS), the hub is out of reach
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        return reason if len(reason) <= 120 else reason[:117] + "..."
+    return None
+
+
+def cache_only_reason() -> str | None:
+    """Why hub files must come from the local cache only (``HF_HUB_OFFLINE``, or no hub), else None."""
+    if hub_offline():
+        return "HF_HUB_OFFLINE is set"
+    from huggingface_hub import constants
+
+    reason = hub_unreachable()
+    return None if reason is None else f"the Hugging Face hub ({constants.ENDPOINT}) cannot be reached ({reason})"
+
+
+def not_cached_error(spec: ModelSpec, why: str, what: str) -> WeightsAccessError:
+    """The one-line error for weights that are neither reachable nor in the local cache."""
+    network = ("unset it where the hub is reachable to download them" if hub_offline() else
+               "set HF_HUB_OFFLINE=1 to use the cache without trying the network")
+    download = f"download it once with network access (`hf download {spec.hub_id}`)"
+    if spec.embed_dim == 0:  # a generic hf:<repo> model is read from the repository folder itself
+        todo = f"{download[0].upper()}{download[1:]}, which fills the Hugging Face cache"
+    else:
+        todo = f"Pass --weights PATH to a local copy ({' or '.join(spec.weights_files)}), or {download}"
+    return WeightsAccessError(f"{spec.name}: {why}, and no cached copy of {what} exists. {todo}; {network}.")
+
+
 def download_weights(spec: ModelSpec) -> Path:
     """Download (or find in the hub cache) the first available weights file of ``spec``.
 
     Returns the local path. Raises :class:`WeightsAccessError` with a short message naming
     the model page and what to do when the repository is gated, the token is missing,
-    or the hub is offline without a cached copy.
+    or the hub is offline or unreachable without a cached copy.
     """
     from huggingface_hub import hf_hub_download
     from huggingface_hub.utils import (
@@ -58,18 +116,15 @@ def download_weights(spec: ModelSpec) -> Path:
     if not spec.hub_id:
         raise WeightsAccessError(f"model {spec.name!r} names no hub repository; pass --weights PATH.")
     page = hub_page(spec.hub_id)
-    last_missing = None
+    cache_only = cache_only_reason()  # then any cached candidate will do, and the network is not asked
+    last_missing: Exception | None = None
     for filename in spec.weights_files:
         try:
-            return Path(hf_hub_download(spec.hub_id, filename))
+            return Path(hf_hub_download(spec.hub_id, filename, local_files_only=cache_only is not None))
         except LocalEntryNotFoundError as exc:  # a subclass of EntryNotFoundError: test it first
-            offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes", "on"}
-            why = "HF_HUB_OFFLINE is set and" if offline else "the hub could not be reached and"
-            raise WeightsAccessError(
-                f"{spec.name}: {why} no cached copy of {spec.hub_id}/{filename} exists. "
-                f"Download it once with network access (`huggingface-cli download {spec.hub_id} {filename}`), "
-                "or pass --weights PATH."
-            ) from exc
+            if cache_only is None:  # the hub went away after the probe
+                raise not_cached_error(spec, "the Hugging Face hub could not be reached", spec.hub_id) from exc
+            last_missing = exc
         except EntryNotFoundError as exc:  # try the next candidate file name
             last_missing = exc
         except GatedRepoError as exc:
@@ -87,6 +142,8 @@ def download_weights(spec: ModelSpec) -> Path:
                     f"{spec.name}: the hub refused access to {page} (HTTP {status}). {access_help(spec)}"
                 ) from exc
             raise WeightsAccessError(f"{spec.name}: downloading from {page} failed: {exc}") from exc
+    if cache_only is not None:
+        raise not_cached_error(spec, cache_only, spec.hub_id) from last_missing
     raise WeightsAccessError(
         f"{spec.name}: {page} has none of the expected weights files ({', '.join(spec.weights_files)})."
     ) from last_missing
