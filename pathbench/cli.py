@@ -183,7 +183,8 @@ def _extract(args: argparse.Namespace) -> int:
             bench = exporters[0]
         run = options_from_args(RunOptions, args)
         options = {k: getattr(run, k) for k in ("weights", "pooling", "precision", "device", "batch_size",
-                                                 "num_workers", "cache_dir", "trust_remote_code", "progress")}
+                                                 "num_workers", "cache_dir", "trust_remote_code", "progress",
+                                                 "verify")}
         if args.task:
             options["tasks"] = args.task
         extract(args.model, bench, args.data, args.out, args.format, **options)
@@ -199,9 +200,10 @@ def _extract(args: argparse.Namespace) -> int:
     from pathbench.runner import load_run_extractor
 
     run = options_from_args(RunOptions, args, data=args.data, out=args.out)
+    pooling = run.pooling or _default_pooling(run.model)  # an unknown model name is said first
     distributed = init_distributed_from_env()
     dataset = ImageFolderDataset(args.data)
-    extractor = load_run_extractor(run, run.pooling or _default_pooling(run.model))
+    extractor = load_run_extractor(run, pooling)
     features = extract_features(extractor, dataset, **run.extraction())
     if distributed and torch_rank() != 0:  # every rank extracted its shards; one reports and exports
         return 0

@@ -48,6 +48,8 @@ class RunOptions:
     cache_dir: str | None = option(help="feature cache (default $PATHBENCH_CACHE or ~/.cache/pathbench)")
     trust_remote_code: bool = option(False, help="allow models that run code from their hub repository")
     progress: bool = option(True, flag="--no-progress", help="hide progress bars")
+    verify: bool = option(False, help="re-hash cached embeddings (sha256) before using them; a corrupt entry is "
+                                      "recomputed")
     data: str | None = option(help="hf (download), synthetic (offline demo data) or a local PATH")
     out: str | None = option(help="results folder (default ./pathbench-results/<bench>/<model>/)")
     model_name: str | None = option(help="name for results computed from precomputed embeddings (no --model)")
@@ -74,12 +76,13 @@ class RunOptions:
     def extraction(self) -> dict[str, Any]:
         """Keyword arguments of :func:`pathbench.features.extract_features`."""
         return {"cache_dir": self.cache_dir, "batch_size": self.batch_size, "num_workers": self.num_workers,
-                "progress": self.progress, "shard_size": max(self.batch_size, 1024 - 1024 % self.batch_size)}
+                "progress": self.progress, "shard_size": max(self.batch_size, 1024 - 1024 % self.batch_size),
+                "verify": self.verify}
 
 
 RUN_OPTION_NAMES = frozenset(f.name for f in dataclasses.fields(RunOptions))
 MODEL_OPTIONS = ("model", "weights", "pooling", "precision", "device", "batch_size", "num_workers", "cache_dir",
-                 "trust_remote_code", "progress")
+                 "trust_remote_code", "progress", "verify")
 
 
 def safe_name(label: str) -> str:
@@ -154,10 +157,10 @@ def run_benchmark(benchmark: Benchmark | str, run: RunOptions, options: Any, *, 
 
 def _run_locked(benchmark: Benchmark, run: RunOptions, options: Any, precomputed: bool, out: Path, started: float,
                 echo: bool) -> Results:
+    from pathbench._io import remove_stale_temporaries
     from pathbench.results import read_run_json, write_run
 
-    for leftover in out.glob(".*.tmp"):  # an atomic write cut short by a kill; the lock says nobody owns it
-        leftover.unlink(missing_ok=True)
+    remove_stale_temporaries(out)  # atomic writes a kill cut short (never a live writer's)
     extractor, pooling, throughput, resolution = None, None, None, None
     if precomputed:
         inputs = benchmark.load_precomputed(options, run.data, cache_dir=run.cache_dir, progress=run.progress)
