@@ -133,3 +133,43 @@ def test_the_leaderboard_names_no_benchmark_and_imports_no_extractor():
         concrete = {f"pathbench.benches.{f.stem}" for f in (PACKAGE / "benches").glob("*.py")
                     if f.stem not in ("__init__", "base")}
         assert not {m for m in imported_modules(path) if m.rsplit(".", 1)[0] in concrete or m in concrete}, path.name
+
+
+def test_a_degenerate_model_is_flagged_in_run_json_the_console_and_every_rendering(tmp_path):
+    import numpy as np
+
+    from pathbench import leaderboard as lb
+    from pathbench.data import plism as plism_data
+
+    rng = np.random.default_rng(0)
+    slides = [plism_data.slide_id_for(st, sc) for st in ("GMH", "HR") for sc in ("S60", "AT2")]
+    tile_ids = [f"tile_16_{i % 6}_{i // 6}" for i in range(30)]
+    tissue = rng.normal(size=(30, 16)).astype(np.float32)
+    constant = np.ones((30, 16), dtype=np.float32)
+    for name, base, noise in (("healthy", tissue, 0.5), ("collapsed", constant, 1e-4)):
+        for slide in slides:
+            plism_data.write_plismbench_features(tmp_path / name, slide, tile_ids,
+                                                 base + noise * rng.normal(size=base.shape).astype(np.float32))
+    results = tmp_path / "results"
+    with pytest.warns(UserWarning, match="collapsed: degenerate embeddings"):
+        pathbench.evaluate(bench="plism", features_dir=str(tmp_path / "collapsed"), model_name="collapsed",
+                           n_tiles="all", out=results / "plism" / "collapsed", progress=False, device="cpu")
+    pathbench.evaluate(bench="plism", features_dir=str(tmp_path / "healthy"), model_name="healthy", n_tiles="all",
+                       out=results / "plism" / "healthy", progress=False, device="cpu")
+    collapsed = json.loads((results / "plism" / "collapsed" / "run.json").read_text())
+    healthy = json.loads((results / "plism" / "healthy" / "run.json").read_text())
+    assert collapsed["degenerate"] is True and collapsed["embedding_health"]["mean_cosine"] > 0.98
+    assert healthy["degenerate"] is False and healthy["embedding_health"]["datasets"] == 4
+    # the collapsed model wins the cosine column, and every rendering says what it is worth
+    board = lb.build_leaderboard("plism", results, "none", n_boot=50)
+    group = next(g for g in board.groups if any(e.is_run for e in g.entries))
+    assert next(e for e in group.entries if e.model == "collapsed").marks.get("cosine_all") == "best"
+    assert "collapsed ⚠" in lb.render(board, "md") and "⚠:" in lb.render(board, "md")
+    frame = lb.leaderboard_frame(board)
+    assert frame.set_index("model").loc["collapsed", "degenerate"] and not frame.set_index("model").loc[
+        "healthy", "degenerate"]
+    assert "collapsed (!)" in lb.render(board, "latex")
+    assert "collapsed ⚠" in lb.render(board, "html")
+    # the margin a constant embedding cannot win
+    margins = {e.model: e.values["margin_all"] for e in group.entries}
+    assert margins["collapsed"] < 0.01 < margins["healthy"]

@@ -99,7 +99,7 @@ def _split_bags(task: str, inputs: Inputs, context: dict[str, Any], split: str):
         targets = [context["slides"][k].label for k in keys]
     else:
         targets = [context["targets"][k] for k in keys]
-    return [np.asarray(inputs.embeddings[k].array, dtype=np.float32) for k in keys], targets
+    return [np.array(inputs.embeddings[k].array, dtype=np.float32) for k in keys], targets  # owned, writable
 
 
 def evaluate(task: str, inputs: Inputs, context: dict[str, Any], *, runs: int | None, seed: int, device: str,
