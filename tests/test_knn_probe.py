@@ -192,15 +192,32 @@ def test_index_kind_auto_is_flat_below_the_ivf_threshold_and_ivf_needs_faiss(mon
     assert retrieval.ivf_settings(1_000_000) == (4000, 250)
 
 
-def test_auto_backend_is_faiss_when_installed_else_torch(monkeypatch):
+def test_auto_backend_is_faiss_on_a_cpu_when_installed_else_torch(monkeypatch):
     cpu = torch.device("cpu")
-    assert resolve_knn_backend("auto", cpu) == ("faiss" if retrieval.faiss_available() else "torch")
+    big = retrieval.IVF_MIN_DATABASE
+    faiss = "faiss" if retrieval.faiss_available() else "torch"
+    assert resolve_knn_backend("auto", cpu, 100_000) == faiss
+    assert resolve_knn_backend("auto", cpu, big) == faiss
+    assert resolve_knn_backend("auto", cpu, 10, "ivf") == faiss
+    assert resolve_knn_backend("torch", cpu, big) == "torch"
     monkeypatch.setitem(sys.modules, "faiss", None)
-    assert resolve_knn_backend("auto", cpu) == "torch"
+    assert resolve_knn_backend("auto", cpu, big) == "torch"
     x, y = gaussian_classes(np.random.default_rng(8), 10, 4, 2)
     assert KnnProbe(2, device="cpu").fit(x, y).backend_ == "torch"
     with pytest.raises(PathbenchError, match="FAISS is not installed"):
         KnnProbe(2, backend="faiss", device="cpu").fit(x, y)
+    with pytest.raises(PathbenchError, match="IVF index needs the FAISS backend"):
+        KnnProbe(2, device="cpu", index="ivf").fit(x, y)
+
+
+def test_auto_backend_on_a_gpu_is_torch_for_exact_search_and_faiss_only_with_its_gpu_build(monkeypatch):
+    gpu = torch.device("cuda")
+    monkeypatch.setattr(retrieval, "faiss_available", lambda: True)
+    monkeypatch.setattr(retrieval, "faiss_gpu_available", lambda: True)
+    assert resolve_knn_backend("auto", gpu, 100_000) == "torch"
+    assert resolve_knn_backend("auto", gpu, retrieval.IVF_MIN_DATABASE) == "faiss"
+    monkeypatch.setattr(retrieval, "faiss_gpu_available", lambda: False)
+    assert resolve_knn_backend("auto", gpu, retrieval.IVF_MIN_DATABASE) == "torch"
 
 
 def test_bad_inputs_give_clear_errors():
