@@ -1,8 +1,12 @@
 """Trainable heads on frozen embeddings: one module per kind of head.
 
 - :mod:`pathbench.heads.linear`: eva's linear probe for patch classification, batched over runs.
+- :mod:`pathbench.heads.knn`: DINO's weighted kNN probe (one deterministic run).
+- :mod:`pathbench.heads.metrics`: eva's full metric set (loss, AUROC, accuracy, balanced
+  accuracy, F1, precision, recall) from a head's logits or class scores.
 """
 
+from pathbench.heads.knn import KnnProbe
 from pathbench.heads.linear import (
     BatchedEarlyStopping,
     Head,
@@ -16,17 +20,22 @@ from pathbench.heads.linear import (
     protocol_adamw,
     summarise_runs,
 )
+from pathbench.heads.metrics import METRIC_NAMES, classification_metrics, run_metrics
 
 __all__ = [
     "BatchedEarlyStopping",
     "Head",
+    "KnnProbe",
+    "METRIC_NAMES",
     "LinearProbe",
     "ProbeProtocol",
+    "classification_metrics",
     "epoch_learning_rate",
     "epoch_permutation",
     "init_linear",
     "macro_accuracy",
     "macro_accuracy_batched",
     "protocol_adamw",
+    "run_metrics",
     "summarise_runs",
 ]
