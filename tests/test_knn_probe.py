@@ -249,3 +249,5 @@ def test_bad_inputs_give_clear_errors():
     zero[0] = 0
     with pytest.raises(DataError, match="all-zero"):
         probe.predict(zero)
+    wider = np.concatenate([x, x], axis=1)
+    assert probe.fit(wider, y).predict(wider).shape == (10,)  # a refit may change the dimension

@@ -169,7 +169,7 @@ class KnnProbe:
             An approximate (IVF) index can return fewer neighbours: ``-inf`` and ``-1``.
         """
         self._check_fitted()
-        queries = self._normalise(x, "query")
+        queries = self._normalise(x, "query", self.train_.shape[1])
         n_train = self.train_.shape[0]
         k = min(self.k, n_train)
         sims = np.full((queries.shape[0], k), -np.inf)
@@ -217,16 +217,16 @@ class KnnProbe:
         if not hasattr(self, "index_"):
             raise PathbenchError("the kNN probe is not fitted yet; call fit() first.")
 
-    def _normalise(self, x: Any, split: str) -> np.ndarray:
+    def _normalise(self, x: Any, split: str, dim: int | None = None) -> np.ndarray:
         from pathbench.benches.plism_metrics import normalise
 
         x = x if hasattr(x, "shape") else np.asarray(x)
         if len(x.shape) != 2 or x.shape[0] == 0:
             raise PathbenchError(f"{split}: expected a non-empty (N, D) array of embeddings, got shape "
                                  f"{tuple(x.shape)}.")
-        if hasattr(self, "train_") and x.shape[1] != self.train_.shape[1]:
+        if dim is not None and x.shape[1] != dim:
             raise PathbenchError(f"{split} embeddings have {x.shape[1]} dimensions but the probe was fitted on "
-                                 f"{self.train_.shape[1]}: both must come from the same model and pooling.")
+                                 f"{dim}: both must come from the same model and pooling.")
         return normalise(x, what=f"{split} embeddings")
 
     def _rescore(self, queries: np.ndarray, found: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
