@@ -10,7 +10,7 @@ import torch
 
 from pathbench.errors import PathbenchError
 from pathbench.heads import LinearProbe, ProbeProtocol
-from pathbench.heads.metrics import METRIC_NAMES, classification_metrics, run_metrics
+from pathbench.heads.eva_metrics import METRIC_NAMES, classification_metrics, run_metrics
 
 # --------------------------------------------------------------------------------------
 # References: loops over items and pairs, nothing shared with the code under test.

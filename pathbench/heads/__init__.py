@@ -2,7 +2,7 @@
 
 - :mod:`pathbench.heads.linear`: eva's linear probe for patch classification, batched over runs.
 - :mod:`pathbench.heads.knn`: DINO's weighted kNN probe (one deterministic run).
-- :mod:`pathbench.heads.metrics`: eva's full metric set (loss, AUROC, accuracy, balanced
+- :mod:`pathbench.heads.eva_metrics`: eva's full metric set (loss, AUROC, accuracy, balanced
   accuracy, F1, precision, recall) from a head's logits or class scores.
 """
 
@@ -20,7 +20,7 @@ from pathbench.heads.linear import (
     protocol_adamw,
     summarise_runs,
 )
-from pathbench.heads.metrics import METRIC_NAMES, classification_metrics, run_metrics
+from pathbench.heads.eva_metrics import METRIC_NAMES, classification_metrics, run_metrics
 
 __all__ = [
     "BatchedEarlyStopping",

@@ -469,7 +469,7 @@ class LinearProbe:
 
         ``C_out = 1`` for a binary task (the positive class's logit), else C. The classes of
         :meth:`predict` are ``logits[..., 0] > 0`` (binary) or ``logits.argmax(-1)``;
-        :func:`pathbench.heads.metrics.run_metrics` turns them into eva's full metric set.
+        :func:`pathbench.heads.eva_metrics.run_metrics` turns them into eva's full metric set.
         """
         xt, weight1 = self._fitted(x)
         if xt.ndim != 2 or xt.shape[1] != weight1.shape[2] - 1:
