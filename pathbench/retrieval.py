@@ -16,6 +16,10 @@ a slide pair from one block, exists only as blocked products; FAISS would need t
 searches. ``backend="auto"`` (:func:`resolve_backend`) is the torch backend: it was
 the faster (or as fast) top-k in ``benchmarks/plism_metrics.py --backends``.
 
+:class:`InnerProductIndex` is a database built once and searched many times (the kNN
+probe's training set): the normalised array for the torch backend, a FAISS flat index, or
+a FAISS IVF index (approximate, inverted lists) for very large databases.
+
 Results are exact in the sense the callers need: scores are float32 values whose
 error against the exact inner product is bounded by :func:`float32_error_bound`, so a
 caller that must decide ``score >= threshold`` exactly decides the few scores within
@@ -25,6 +29,7 @@ that bound of the threshold in float64 (see ``pathbench.benches.plism_metrics``)
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -41,6 +46,8 @@ BACKENDS = ("torch", "faiss")
 _BLOCK_VALUES = 1 << 24
 # ... and the per-block bookkeeping walks it in slices of about 4 MiB, which stay in cache.
 _SLICE_VALUES = 1 << 20
+# Queries per FAISS search call when the caller sets no block size.
+_FAISS_QUERY_ROWS = 16384
 
 
 FAISS_INSTALL_HINT = (
@@ -283,7 +290,12 @@ def _topk_torch(
 _GPU_RESOURCES: dict[int, Any] = {}
 
 
-def _faiss_index(database: np.ndarray, device: torch.device) -> Any:
+def _faiss_index(database: np.ndarray, device: torch.device, ivf: tuple[int, int] | None = None) -> Any:
+    """A FAISS inner-product index holding ``database``: flat, or IVF with ``ivf = (nlist, nprobe)``.
+
+    The IVF coarse quantiser is trained on the database itself; FAISS subsamples at most
+    256 points per list with its fixed clustering seed, so the index is reproducible.
+    """
     faiss = import_faiss()
     dim = database.shape[1]
     if device.type == "cuda":
@@ -297,11 +309,21 @@ def _faiss_index(database: np.ndarray, device: torch.device) -> Any:
         gpu = device.index or 0
         if gpu not in _GPU_RESOURCES:  # must outlive every index built on it
             _GPU_RESOURCES[gpu] = faiss.StandardGpuResources()
-        config = faiss.GpuIndexFlatConfig()
-        config.device = gpu
-        index = faiss.GpuIndexFlatIP(_GPU_RESOURCES[gpu], dim, config)
-    else:
+        if ivf is None:
+            config = faiss.GpuIndexFlatConfig()
+            config.device = gpu
+            index = faiss.GpuIndexFlatIP(_GPU_RESOURCES[gpu], dim, config)
+        else:
+            config = faiss.GpuIndexIVFFlatConfig()
+            config.device = gpu
+            index = faiss.GpuIndexIVFFlat(_GPU_RESOURCES[gpu], dim, ivf[0], faiss.METRIC_INNER_PRODUCT, config)
+    elif ivf is None:
         index = faiss.IndexFlatIP(dim)
+    else:
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, ivf[0], faiss.METRIC_INNER_PRODUCT)
+    if ivf is not None:
+        index.train(database)
+        index.nprobe = ivf[1]
     index.add(database)
     return index
 
@@ -309,16 +331,28 @@ def _faiss_index(database: np.ndarray, device: torch.device) -> Any:
 def _topk_faiss(
     queries: Any, database: Any, k: int, excluded: np.ndarray | None, block_rows: int | None, device: torch.device
 ) -> tuple[np.ndarray, np.ndarray]:
-    q, db = _as_numpy(queries), _as_numpy(database)
-    n_queries, n_database, _ = _check_pair(q, db)
+    db = _as_numpy(database)
+    _check_pair(queries, db)
+    index = _faiss_index(db, device) if min(db.shape[0], k + (excluded is not None)) > 0 else None
+    return _search_faiss(index, queries, db.shape[0], k, excluded, block_rows)
+
+
+def _search_faiss(
+    index: Any, queries: Any, n_database: int, k: int, excluded: np.ndarray | None, block_rows: int | None
+) -> tuple[np.ndarray, np.ndarray]:
+    q = _as_numpy(queries)
+    n_queries = q.shape[0]
     scores = np.full((n_queries, k), -np.inf, dtype=np.float32)
     ids = np.full((n_queries, k), -1, dtype=np.int64)
     extra = 0 if excluded is None else 1
     kk = min(k + extra, n_database)
     if kk == 0 or n_queries == 0:
         return scores, ids
-    index = _faiss_index(db, device)
-    rows = _block_rows(n_database, block_rows)
+    # FAISS blocks its products itself (4,096 queries x 1,024 entries on a CPU): handing it
+    # more queries per call costs no memory beyond the results, and calls of the torch
+    # backend's block size (167 queries at 100,000 entries) made it 3.5x slower
+    # (benchmarks/knn_probe.py, 100,000 x 2,000 x 768: 14.1 s per search vs 4.1 s).
+    rows = _FAISS_QUERY_ROWS if block_rows is None else _block_rows(n_database, block_rows)
     for r0 in range(0, n_queries, rows):
         r1 = min(r0 + rows, n_queries)
         values, cols = index.search(q[r0:r1], kk)
@@ -358,7 +392,7 @@ def topk(
             ``queries is database`` excludes each query itself.
         backend: ``"auto"``, ``"torch"`` or ``"faiss"``.
         device: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"``.
-        block_rows: queries per block (default: blocks of about 64 MiB).
+        block_rows: queries per block (default: blocks of about 64 MiB; FAISS: 16,384 queries per call).
 
     Returns:
         ``(scores, ids)``: ``(m, k)`` float32 sorted in decreasing order and ``(m, k)``
@@ -372,6 +406,86 @@ def topk(
     excluded = _exclusions(exclude_ids, int(queries.shape[0]))
     search = _topk_faiss if name == "faiss" else _topk_torch
     return search(queries, database, k, excluded, block_rows, resolved_device)
+
+
+# Above this many database vectors an index of kind "auto" is IVF rather than flat: exact
+# search over a million 768-d vectors costs about 1.5 GFLOP per query (seconds per thousand
+# queries on a CPU), while IVF with the settings of ivf_settings scans about 1/16 of it. Below
+# it, exact search is affordable and keeps results exact; every eva task is below it (the
+# largest, PatchCamelyon, trains on 262,144 patches).
+IVF_MIN_DATABASE = 1_000_000
+INDEX_KINDS = ("auto", "flat", "ivf")
+
+
+def ivf_settings(n_database: int) -> tuple[int, int]:
+    """``(nlist, nprobe)`` of an IVF index over ``n_database`` vectors.
+
+    ``nlist = 4 sqrt(n)`` inverted lists (the lower end of FAISS's guideline of 4 to 16
+    sqrt(n)), ``nprobe = nlist / 16`` of them visited per query.
+    """
+    nlist = max(1, min(n_database, round(4 * math.sqrt(n_database))))
+    return nlist, max(1, nlist // 16)
+
+
+class InnerProductIndex:
+    """A database built once and searched many times (exact flat search, or FAISS IVF).
+
+    Args:
+        database: ``(n, dim)`` float32 array or tensor, L2-normalised by the caller.
+        backend: ``"auto"``, ``"torch"`` or ``"faiss"`` (:func:`resolve_backend`).
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"``.
+        kind: ``"flat"`` (exact), ``"ivf"`` (FAISS only; approximate: a query sees the
+            ``nprobe`` lists nearest to it) or ``"auto"`` (IVF from :data:`IVF_MIN_DATABASE`
+            vectors when the backend is FAISS, else flat).
+        nlist, nprobe: IVF settings (default :func:`ivf_settings`).
+
+    Attributes:
+        backend, device, kind: what was resolved. ``exact``: whether searches are exact.
+        nlist, nprobe: the IVF settings (None for flat).
+    """
+
+    def __init__(self, database: Any, *, backend: str = "auto", device: str | torch.device = "cpu",
+                 kind: str = "auto", nlist: int | None = None, nprobe: int | None = None) -> None:
+        if len(database.shape) != 2:
+            raise PathbenchError(f"a retrieval database must be 2-D (n, dim); got shape {tuple(database.shape)}.")
+        if kind not in INDEX_KINDS:
+            raise PathbenchError(f"unknown index kind {kind!r}: expected one of {', '.join(INDEX_KINDS)}.")
+        self.device = resolve_device(device)
+        self.backend = resolve_backend(backend, self.device)
+        self.n_database, self.dim = int(database.shape[0]), int(database.shape[1])
+        if kind == "auto":
+            kind = "ivf" if self.backend == "faiss" and self.n_database >= IVF_MIN_DATABASE else "flat"
+        if kind == "ivf" and self.backend != "faiss":
+            raise PathbenchError("an IVF index needs the FAISS backend: use backend 'faiss' (and install "
+                                 f"FAISS: {FAISS_INSTALL_HINT}) or index kind 'flat'.")
+        self.kind = kind
+        self.nlist = self.nprobe = None
+        if kind == "ivf":
+            self.nlist = int(nlist or ivf_settings(self.n_database)[0])
+            self.nprobe = int(nprobe or max(1, self.nlist // 16))
+            if not 1 <= self.nlist <= self.n_database or not 1 <= self.nprobe <= self.nlist:
+                raise PathbenchError(f"IVF settings must satisfy 1 <= nprobe <= nlist <= {self.n_database} (the "
+                                     f"database size); got nlist {self.nlist}, nprobe {self.nprobe}.")
+        if self.backend == "faiss":
+            host = _as_numpy(database)
+            self._index = _faiss_index(host, self.device, None if kind == "flat" else (self.nlist, self.nprobe))
+        else:
+            # Kept where the products run: NumPy on the CPU, a tensor on the GPU (uploaded once).
+            self._database = _as_numpy(database) if self.device.type == "cpu" else _as_tensor(database, self.device)
+
+    @property
+    def exact(self) -> bool:
+        return self.kind == "flat"
+
+    def search(self, queries: Any, k: int, *, block_rows: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` database entries of each query, as :func:`topk` returns them."""
+        if k < 0:
+            raise PathbenchError(f"k must be non-negative, got {k}.")
+        if len(queries.shape) != 2 or queries.shape[1] != self.dim:
+            raise PathbenchError(f"queries must be (m, {self.dim}) like the database; got {tuple(queries.shape)}.")
+        if self.backend == "faiss":
+            return _search_faiss(self._index, queries, self.n_database, k, None, block_rows)
+        return _topk_torch(queries, self._database, k, None, block_rows, self.device)
 
 
 @dataclass

@@ -464,6 +464,19 @@ class LinearProbe:
         xt, weight1 = self._fitted(x)
         return self._predict_classes(weight1, _augment(xt)).cpu()
 
+    def predict_logits(self, x) -> torch.Tensor:
+        """Logits of every run's best checkpoint: ``(R, N, C_out)`` float32 on the CPU.
+
+        ``C_out = 1`` for a binary task (the positive class's logit), else C. The classes of
+        :meth:`predict` are ``logits[..., 0] > 0`` (binary) or ``logits.argmax(-1)``;
+        :func:`pathbench.heads.eva_metrics.run_metrics` turns them into eva's full metric set.
+        """
+        xt, weight1 = self._fitted(x)
+        if xt.ndim != 2 or xt.shape[1] != weight1.shape[2] - 1:
+            raise PathbenchError(f"expected embeddings (N, {weight1.shape[2] - 1}), got {tuple(xt.shape)}.")
+        with torch.no_grad():
+            return torch.matmul(_augment(xt), weight1.transpose(1, 2)).cpu()
+
     def score(self, x, y) -> np.ndarray:
         """Per-run metric (balanced / macro accuracy) of the best checkpoints: ``(R,)`` float64."""
         xt, weight1 = self._fitted(x)
