@@ -117,3 +117,27 @@ def test_table_is_shaped_like_the_papers_table_2():
     assert [c.strip() for c in header.split("|")] == ["Model", "BACH", "CRC", "PCam", "Average (w/o BACH)"]
     assert [c.strip() for c in values.split("|")] == ["h0-mini", "0.500 ± 0.010", "0.900 ± 0.020",
                                                        "0.800 ± 0.000", "0.850"]
+
+
+def test_knn_head_is_its_own_protocol_and_runs_report_evas_full_metric_set(cache, tmp_path, synthetic_run):
+    out = tmp_path / "knn"
+    assert main(["evaluate", "--model", "vit-tiny-random", "--bench", "eva:crc,mhist", "--head", "knn", "--data",
+                 "synthetic", "--cache-dir", str(cache), "--out", str(out), "--no-progress", "--device", "cpu"]) == 0
+    record = json.loads((out / "run.json").read_text())
+    assert record["protocol"] == "eva-knn20-synthetic"
+    runs = pd.read_csv(out / "runs.csv")
+    assert runs.groupby("task").size().to_dict() == {"crc": 1, "mhist": 1}  # deterministic: one run
+    assert {"val_auroc", "val_f1", "test_precision", "test_recall"} <= set(runs.columns)
+    assert "val_loss" not in runs.columns  # votes are not logits
+    # the linear probe reports eva's whole set too, for val and the reported split, per run
+    linear = pd.read_csv(synthetic_run / "runs.csv")
+    for name in ("loss", "auroc", "accuracy", "balanced_accuracy", "f1", "precision", "recall"):
+        assert f"val_{name}" in linear.columns and f"test_{name}" in linear.columns
+    mhist = linear[linear.task == "mhist"]
+    assert (mhist["value"] == mhist["test_balanced_accuracy"]).all()  # the headline is eva's metric
+    rows = pd.read_csv(synthetic_run / "results.csv")
+    assert {"macro_accuracy", "val_auroc", "test_f1"} <= set(rows["metric"])
+    from pathbench import leaderboard as lb
+
+    board = lb.build_leaderboard("eva", out, "none", n_boot=50)
+    assert [g.protocol for g in board.groups] == ["eva-knn20-synthetic"]

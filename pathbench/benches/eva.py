@@ -153,6 +153,11 @@ class EvaOptions:
     probe_batch_size: int | None = option(help=f"linear-probe batch size (default 256, eva's; "
                                           f"{SYNTHETIC_PROBE_BATCH_SIZE} with --data synthetic, whose splits are tiny)")
     seed: int = option(0, help="run r uses seed + r (default 0)")
+    head: str = option("linear", choices=("linear", "knn"),
+                       help="patch tasks: linear (eva's linear probe, default) or knn (DINO's weighted kNN, k 20, "
+                            "T 0.07: its own protocol, never ranked with the linear probe)")
+    knn_k: int = option(20, help="kNN: neighbours that vote (default 20, DINO's)")
+    knn_temperature: float = option(0.07, help="kNN: vote weight exp(similarity / T) (default 0.07, DINO's)")
     embeddings_dir: str | None = option(help="evaluate embeddings eva wrote: a folder with <task>/manifest.csv "
                                         "(eva's EMBEDDINGS_ROOT/MODEL_NAME) or, for one task, the folder holding "
                                         "manifest.csv")
@@ -177,6 +182,11 @@ class EvaOptions:
                 raise PathbenchError(f"--{name.replace('_', '-')} must be a positive integer; got {value!r}.")
         if self.seg_protocol not in eva_seg.SEG_PROTOCOLS:
             raise PathbenchError(f"--seg-protocol must be eva or cached; got {self.seg_protocol!r}.")
+        if self.head not in ("linear", "knn"):
+            raise PathbenchError(f"--head must be linear or knn; got {self.head!r}.")
+        if not isinstance(self.knn_k, int) or self.knn_k < 1 or not self.knn_temperature > 0:
+            raise PathbenchError(f"--knn-k must be a positive integer and --knn-temperature positive; got "
+                                 f"{self.knn_k!r} and {self.knn_temperature!r}.")
         if self.decoder not in eva_seg.DECODERS:
             raise PathbenchError(f"--decoder must be one of {', '.join(eva_seg.DECODERS)}; got {self.decoder!r}.")
 
@@ -191,8 +201,8 @@ class EvaOptions:
                 "batch_size": self.seg_batch_size or small.get("batch_size")}
 
 
-def eva_protocol(synthetic: bool, max_steps: int, n_runs: int, batch: int, extra: list[str] | None = None
-                 ) -> tuple[str, str]:
+def eva_protocol(synthetic: bool, max_steps: int, n_runs: int, batch: int, extra: list[str] | None = None,
+                 head: str = "") -> tuple[str, str]:
     """(protocol id, description): ``eva-2024`` is eva's protocol on the eva datasets; any other
     setting (probe steps, runs, batch, cached segmentation, another decoder) gets its own id."""
     settings = []
@@ -203,10 +213,15 @@ def eva_protocol(synthetic: bool, max_steps: int, n_runs: int, batch: int, extra
     if batch != 256:
         settings.append(f"batch {batch}")
     settings += extra or []
+    suffix = "-".join(s.replace(" ", "") for s in settings)
+    if head:  # another head for the patch tasks: its own protocol family (eva-knn20, ...)
+        protocol = f"eva-{head}" + ("-synthetic" if synthetic else "") + (f"-{suffix}" if suffix else "")
+        detail = (f"{'synthetic eva data (not the eva datasets)' if synthetic else 'eva data'}, patch tasks "
+                  f"scored with {head}" + (f" ({', '.join(settings)})" if settings else ""))
+        return protocol, detail
     if not synthetic and not settings:
         return "eva-2024", "eva's protocol (linear probe, ABMIL, segmentation decoder), CLS embeddings by default"
     kind_name = "synthetic" if synthetic else "real"
-    suffix = "-".join(s.replace(" ", "") for s in settings)
     protocol = f"eva-{kind_name}" + (f"-{suffix}" if suffix else "")
     detail = (f"{'synthetic eva data (not the eva datasets)' if synthetic else 'eva data'}, eva's heads"
               + (f" ({', '.join(settings)})" if settings else ""))
@@ -368,7 +383,12 @@ class EvaBenchmark(Benchmark):
         max_steps, probe_batch = options.probe_settings(synthetic)
         seg = options.seg_settings(synthetic)
         notes, extra, rows, protocols = [], [], [], {}
-        if any(kind(t) is Granularity.TILE for t in tasks) and (max_steps, probe_batch) != (12_500, 256):
+        patch = any(kind(t) is Granularity.TILE for t in tasks)
+        knn_head = ""
+        if patch and options.head == "knn":
+            knn_head = f"knn{options.knn_k}" + (f"-T{options.knn_temperature:g}" if options.knn_temperature != 0.07
+                                                else "")
+        if patch and options.head == "linear" and (max_steps, probe_batch) != (12_500, 256):
             notes.append(f"linear probe with batch {probe_batch} and at most {max_steps} steps (eva's protocol: "
                          "batch 256, 12500 steps)" + (" for the tiny synthetic splits" if synthetic else ""))
         for task in tasks:
@@ -379,7 +399,9 @@ class EvaBenchmark(Benchmark):
                 protocol = protocol_for(TASKS[task], runs=options.runs or 5, max_steps=max_steps, seed=options.seed,
                                         batch_size=probe_batch)
                 protocols[task] = dataclasses.asdict(protocol)
-                task_rows = evaluate_task(task, splits, protocol, device=context.device, progress=context.progress)
+                task_rows = evaluate_task(task, splits, protocol, device=context.device, progress=context.progress,
+                                          head=options.head,
+                                          knn={"k": options.knn_k, "temperature": options.knn_temperature})
             elif kind(task) is Granularity.BAG:
                 task_rows = eva_slide.evaluate(task, inputs, inputs.context, runs=options.runs, seed=options.seed,
                                                device=context.device, progress=context.progress)
@@ -404,11 +426,10 @@ class EvaBenchmark(Benchmark):
                 extra.append(f"segmentation {seg['max_steps']} steps")
             elif any(seg[k] for k in seg):
                 extra.append("segmentation non-default")
-        patch_runs = options.runs or 5 if any(kind(t) is Granularity.TILE for t in tasks) else 5
-        protocol_id, detail = eva_protocol(synthetic, max_steps if any(kind(t) is Granularity.TILE for t in tasks)
-                                           else 12_500, patch_runs,
-                                           probe_batch if any(kind(t) is Granularity.TILE for t in tasks) else 256,
-                                           extra)
+        linear = patch and options.head == "linear"
+        protocol_id, detail = eva_protocol(synthetic, max_steps if linear else 12_500,
+                                           (options.runs or 5) if linear else 5, probe_batch if linear else 256, extra,
+                                           head=knn_head)
         summary = summarise(rows)
         average = average_without_bach(summary)
         average = None if average is None or math.isnan(average) else average
@@ -420,8 +441,7 @@ class EvaBenchmark(Benchmark):
                             "eva_defaults": max_steps == 12_500 and probe_batch == 256, "per_task": protocols},
                   "skipped_slides": inputs.context.get("skipped", {}),
                   "summary": summary.to_dict(orient="records")}
-        long_rows = result_rows({"task": r["task"], "unit": r["run"], "metric": r["metric"], "value": r["value"]}
-                                for r in rows)
+        long_rows = result_rows(_long_rows(rows))
         return BenchResult(rows=long_rows, tables={"runs.csv": pd.DataFrame(rows), "summary.csv": summary},
                            summary=summary, headline={"average": average}, protocol=protocol_id,
                            protocol_detail=detail, record=record,
@@ -442,6 +462,18 @@ class EvaBenchmark(Benchmark):
             print(f"{ALL_TASKS[task][0]}: eva embeddings and manifest in {manifest.parent}")
             written.append(manifest)
         return written
+
+
+FULL_METRICS = ("loss", "auroc", "accuracy", "balanced_accuracy", "f1", "precision", "recall")
+
+
+def _long_rows(rows: list[dict[str, Any]]):
+    """The headline metric of every run, then eva's full set per split (``<split>_<metric>``)."""
+    for row in rows:
+        yield {"task": row["task"], "unit": row["run"], "metric": row["metric"], "value": row["value"]}
+        for key, value in row.items():
+            if key.partition("_")[2] in FULL_METRICS and key.split("_", 1)[0] in ("train", "val", "test"):
+                yield {"task": row["task"], "unit": row["run"], "metric": key, "value": value}
 
 
 def _eva_dir(task: str) -> str:

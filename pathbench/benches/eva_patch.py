@@ -94,49 +94,73 @@ def evaluate_task(
     protocol: ProbeProtocol | None = None,
     device: str = "auto",
     progress: bool = False,
+    head: str = "linear",
+    knn: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
-    """Train and score the linear probe of one task on embeddings.
+    """Train and score the head of one task on embeddings.
 
     Args:
         task: task name or :class:`EvaTask`.
         splits: ``{split: (embeddings (N, D) float32, targets (N,) int)}`` with at least the
             task's train, val and reported splits (eva's names).
-        protocol: defaults to :func:`protocol_for` the task.
-        device: where the probe trains (``auto``: CUDA when available).
+        protocol: defaults to :func:`protocol_for` the task (linear probe).
+        device: where the head runs (``auto``: CUDA when available).
+        head: ``linear`` (eva's linear probe, ``protocol.runs`` runs) or ``knn`` (DINO's
+            weighted kNN on the train split, one deterministic run; ``knn`` holds ``k`` and
+            ``temperature``).
 
     Returns:
-        One row per run: ``task, run, split, metric, value, best_step`` plus
-        ``val_value, best_epoch, stop_step``.
+        One row per run: ``task, run, split, metric, value`` (the headline metric on the
+        reported split), ``val_value``, the head's own details, and eva's full metric set on
+        both splits (``<split>_loss``, ``_auroc``, ``_accuracy``, ``_balanced_accuracy``,
+        ``_f1``, ``_precision``, ``_recall``; the kNN has no loss).
     """
+    from pathbench.heads.eva_metrics import classification_metrics, run_metrics
+
     task = TASKS[task] if isinstance(task, str) else task
-    protocol = protocol or protocol_for(task)
     for split in task.splits:
         if split not in splits:
             raise DataError(f"{task.label}: split {split!r} is missing (found {', '.join(splits) or 'none'}); "
                             f"eva's {task.label} needs {', '.join(task.splits)}.")
     train_x, train_y = splits[task.train_split]
     val_x, val_y = splits[task.val_split]
+    report_x, report_y = splits[task.report_split]
+    reported = dict.fromkeys((task.val_split, task.report_split))
+    if head == "knn":
+        from pathbench.heads.knn import KnnProbe
+
+        settings = {"k": 20, "temperature": 0.07, **(knn or {})}
+        probe = KnnProbe(task.num_classes, k=settings["k"], temperature=settings["temperature"],
+                         device=device).fit(train_x, train_y)
+        row = {"task": task.name, "run": 0, "split": task.report_split, "metric": task.metric,
+               "value": float(probe.score(report_x, report_y)), "val_value": float(probe.score(val_x, val_y)),
+               "knn_backend": probe.backend_}
+        for split in reported:
+            x, y = splits[split]
+            metrics = classification_metrics(probe.predict_scores(x), y, task.num_classes, kind="probabilities")
+            row.update({f"{split}_{name}": value for name, value in metrics.items()})
+        return [row]
+    if head != "linear":
+        raise PathbenchError(f"unknown eva head {head!r}: expected linear or knn.")
     from pathbench.heads import LinearProbe
 
+    protocol = protocol or protocol_for(task)
     probe = LinearProbe(task.num_classes, protocol, device=device, progress=progress)
     probe.fit(train_x, train_y, val_x, val_y)
-    report_x, report_y = splits[task.report_split]
     values = probe.score(report_x, report_y)
     val_values = probe.score(val_x, val_y)
-    return [
-        {
-            "task": task.name,
-            "run": run,
-            "split": task.report_split,
-            "metric": task.metric,
-            "value": float(values[run]),
-            "best_step": int(probe.best_step_[run]),
-            "val_value": float(val_values[run]),
-            "best_epoch": int(probe.best_epoch_[run]),
-            "stop_step": int(probe.stop_step_[run]),
-        }
-        for run in range(protocol.runs)
-    ]
+    full = {split: run_metrics(probe.predict_logits(splits[split][0]), splits[split][1], task.num_classes,
+                               loss_batch_size=protocol.batch_size) for split in reported}
+    rows = []
+    for run in range(protocol.runs):
+        row = {"task": task.name, "run": run, "split": task.report_split, "metric": task.metric,
+               "value": float(values[run]), "best_step": int(probe.best_step_[run]),
+               "val_value": float(val_values[run]), "best_epoch": int(probe.best_epoch_[run]),
+               "stop_step": int(probe.stop_step_[run])}
+        for split, per_run in full.items():
+            row.update({f"{split}_{name}": value for name, value in per_run[run].items()})
+        rows.append(row)
+    return rows
 
 
 def synthetic_root(cache_dir: str | os.PathLike | None) -> Path:
