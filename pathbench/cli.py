@@ -197,10 +197,14 @@ def _extract(args: argparse.Namespace) -> int:
     from pathbench import _io
     from pathbench.data.base import ImageFolderDataset
     from pathbench.features import extract_features, init_distributed_from_env
-    from pathbench.runner import load_run_extractor
+    from pathbench.runner import check_writable, load_run_extractor
+    from pathbench.settings import cache_root
 
     run = options_from_args(RunOptions, args, data=args.data, out=args.out)
     pooling = run.pooling or _default_pooling(run.model)  # an unknown model name is said first
+    if args.out:
+        check_writable(Path(args.out), "--out")
+    check_writable(cache_root(run.cache_dir), "--cache-dir")
     distributed = init_distributed_from_env()
     dataset = ImageFolderDataset(args.data)
     extractor = load_run_extractor(run, pooling)

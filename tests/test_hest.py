@@ -559,3 +559,17 @@ def test_per_sample_scores_use_each_test_sample_alone(synthetic_root):
     expected = np.mean([pearsonr(truth[:, g], preds[:, g])[0] for g in range(50) if truth[:, g].std() > 0])
     row = result.samples.set_index("sample_id").loc[sample_id]
     assert row.fold == 1 and row.pearson_mean == pytest.approx(expected, abs=1e-6)
+
+
+def test_a_bad_sample_is_reported_before_the_model_runs(data_copy, monkeypatch, capsys):
+    from pathbench import runner
+    from pathbench.cli import main
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model must not be loaded before the data is checked")
+
+    monkeypatch.setattr(runner, "load_run_extractor", no_model)
+    next(data_copy.glob("SYN_A/adata/*.h5ad")).unlink()
+    code = main(["evaluate", "--bench", "hest", "--model", "vit-tiny-random", "--data", str(data_copy), "--tasks",
+                 "SYN_A", "--no-progress"])
+    assert code == 2 and "h5ad" in capsys.readouterr().err

@@ -407,6 +407,9 @@ class HestBenchmark(Benchmark):
             for sample_id in task.sample_ids:
                 sample = task.samples[sample_id]
                 dataset = HestPatchDataset(sample.patches_path, sample_id=sample_id)
+                # the expression of every spot is checked before any model runs (missing h5ad, a
+                # barcode or gene it lacks): a bad sample is said now, not after the extraction
+                read_expression(sample.expr_path, task.genes, dataset.item_ids, sample_id)
                 requests[f"{task.name}/{sample_id}"] = DataRequest(dataset, desc=f"{task.name}/{sample_id}")
         return Inputs(requests=requests, context={"tasks": tasks, "root": root},
                       data=self._data_record(data, root, tasks), mpp=HEST_MPP)
