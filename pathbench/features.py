@@ -453,8 +453,8 @@ def _finalise(entry: Path, n_shards: int, n_items: int, shard_size: int, dim: in
     _io.write_json(
         entry / "manifest.json",
         {"format": MANIFEST_FORMAT, "n_items": n_items, "dim": dim, "dtype": "float32",
-         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "tiles_per_s": tiles_per_s, "files": files,
-         "shards": shards},
+         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "written_by": _io.owner_tag(),
+         "tiles_per_s": tiles_per_s, "files": files, "shards": shards},
     )
     for shard in range(n_shards):
         _drop_shard(entry, shard)
@@ -536,15 +536,36 @@ def _dataset_fingerprint(dataset: Any) -> str:
     return str(fingerprint)
 
 
+_local_depth = 0
+
+
+@contextlib.contextmanager
+def local_extraction() -> Iterator[None]:
+    """Within the block, :func:`extract_features` ignores ``torch.distributed``: each process
+    embeds whole datasets on its own. The runner uses it to share whole slides between the
+    ranks of a ``torchrun`` job (a bag is one small entry; splitting it into shards would
+    leave every rank but one idle)."""
+    global _local_depth
+    _local_depth += 1
+    try:
+        yield
+    finally:
+        _local_depth -= 1
+
+
+def _distributed() -> bool:
+    return not _local_depth and torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
 def _rank_and_world() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
+    if _distributed():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
     return 0, 1
 
 
 def _rank0_says(flag: bool) -> bool:
     """Rank 0's ``flag`` on every rank (the flag itself outside a distributed run)."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+    if not _distributed():
         return flag
     message = [flag]
     torch.distributed.broadcast_object_list(message, src=0)
@@ -552,7 +573,7 @@ def _rank0_says(flag: bool) -> bool:
 
 
 def _barrier() -> None:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
+    if _distributed():
         torch.distributed.barrier()
 
 

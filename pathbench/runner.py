@@ -16,6 +16,7 @@ import os
 import re
 import tempfile
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -271,9 +272,19 @@ def embed_inputs(extractor: Any, inputs: Inputs, pooling: str, run: RunOptions) 
     """
     from pathbench.benches.base import EmbeddingSet
     from pathbench.extractors.base import GRID
-    from pathbench.features import extract_features
+    from pathbench.features import extract_features, local_extraction
 
     computed, seconds, recorded = 0, 0.0, []
+    rank, world = _rank_and_world()
+    bags = [key for key, request in inputs.requests.items() if request.granularity is Granularity.BAG]
+    if world > 1 and bags:  # under torchrun whole slides go to the ranks in turn, then everyone reads them
+        with local_extraction():
+            for key in bags[rank::world]:
+                request = inputs.requests[key]
+                extract_features(extractor, request.dataset, pooling=pooling, desc=request.desc or key,
+                                 **run.extraction())
+                request.dataset.close()
+        _barrier()
     inputs.normalisation = (tuple(extractor.spec.mean), tuple(extractor.spec.std))
     if inputs.wants_encoder:
         inputs.encoder = extractor.forward_grid
@@ -281,8 +292,9 @@ def embed_inputs(extractor: Any, inputs: Inputs, pooling: str, run: RunOptions) 
         dataset = request.dataset
         grid = request.granularity is Granularity.GRID
         try:
-            features = extract_features(extractor, dataset, pooling=GRID if grid else pooling,
-                                        desc=request.desc or key, **run.extraction())
+            with local_extraction() if request.granularity is Granularity.BAG and world > 1 else nullcontext():
+                features = extract_features(extractor, dataset, pooling=GRID if grid else pooling,
+                                            desc=request.desc or key, **run.extraction())
         finally:
             close = getattr(dataset, "close", None)
             if callable(close):
@@ -308,8 +320,30 @@ def embed_inputs(extractor: Any, inputs: Inputs, pooling: str, run: RunOptions) 
             "device": str(extractor.device)}
 
 
+def _rank_and_world() -> tuple[int, int]:
+    """This process's rank and the world size of a ``torchrun`` job, else (0, 1); no torch import
+    outside one."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0, 1
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _barrier() -> None:
+    if _rank_and_world()[1] > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
 def extract(model: str, bench: str, data: str | None, out: str | os.PathLike, fmt: str, **options: Any) -> list[Path]:
-    """Embed a benchmark's data and write it in another tool's format (``pathbench extract --format``)."""
+    """Embed a benchmark's data and write it in another tool's format (``pathbench extract --format``).
+
+    Under ``torchrun`` every rank embeds its share (tiles by shards, slides whole) and rank 0
+    writes the files."""
     benchmark, inline = parse_bench(bench)
     if fmt not in benchmark.export_formats:
         raise PathbenchError(f"--bench {benchmark.name} cannot export --format {fmt}; it exports "
@@ -326,8 +360,13 @@ def extract(model: str, bench: str, data: str | None, out: str | os.PathLike, fm
     spec = get_spec(model)
     pooling = run.pooling or benchmark.pooling or spec.pooling_for(benchmark.name)
     inputs = benchmark.prepare(bench_options, run.data, cache_dir=run.cache_dir, progress=run.progress)
+    from pathbench.features import init_distributed_from_env
+
+    init_distributed_from_env()
     extractor = load_run_extractor(run, pooling, inputs)
     embed_inputs(extractor, inputs, pooling, run)
+    if _rank_and_world()[0] != 0:
+        return []
     return benchmark.export(inputs, Path(out), fmt, progress=run.progress)
 
 

@@ -158,3 +158,37 @@ def test_eva_finds_slide_and_segmentation_folders_in_eva_layout(tmp_path):
     assert eva_seg.find_root("consep", tmp_path) == tmp_path / "consep"
     assert eva_seg.find_root("monusac", tmp_path) is None
     assert eva_seg.find_root("consep", Path(tmp_path / "consep")) == tmp_path / "consep"
+
+
+@pytest.mark.slow
+def test_bags_are_shared_slide_by_slide_under_torchrun_with_the_same_result(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    import torch
+
+    root = synthetic_slides.make_synthetic_slides(tmp_path / "data", tasks=("camelyon16",))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    common = ["extract", "--model", "vit-tiny-random", "--format", "eva", "--task", "cam16-small", "--data",
+              str(root), "--no-progress", "--device", "cpu"]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          "-m", "pathbench.cli", *common, "--out", str(tmp_path / "two"), "--cache-dir",
+                          str(tmp_path / "cache2")], capture_output=True, text=True, env=env, timeout=600)
+    assert two.returncode == 0, two.stderr[-3000:]
+    one = subprocess.run([sys.executable, "-m", "pathbench.cli", *common, "--out", str(tmp_path / "one"),
+                          "--cache-dir", str(tmp_path / "cache1")], capture_output=True, text=True, env=env,
+                         timeout=600)
+    assert one.returncode == 0, one.stderr[-3000:]
+    folder_one, folder_two = tmp_path / "one" / "camelyon16_small", tmp_path / "two" / "camelyon16_small"
+    assert (folder_one / "manifest.csv").read_bytes() == (folder_two / "manifest.csv").read_bytes()
+    files = sorted(p.name for p in folder_one.rglob("*.pt"))
+    assert files and files == sorted(p.name for p in folder_two.rglob("*.pt"))
+    for one_file, two_file in zip(sorted(folder_one.rglob("*.pt")), sorted(folder_two.rglob("*.pt")), strict=True):
+        for a, b in zip(torch.load(one_file), torch.load(two_file), strict=True):
+            assert torch.equal(a, b)
+    # each rank embedded whole slides: the shared cache holds one complete entry per slide, written by both ranks
+    entries = [p for p in (tmp_path / "cache2" / "features").glob("*/*") if (p / "manifest.json").is_file()]
+    assert len(entries) == len(files)
+    writers = {json.loads((p / "manifest.json").read_text())["written_by"] for p in entries}
+    assert len(writers) == 2

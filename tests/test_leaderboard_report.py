@@ -124,5 +124,16 @@ def test_the_legend_is_drawn_outside_the_axes_so_it_covers_no_point(tmp_path):
     figure.canvas.draw()
     legend = ax.get_legend().get_window_extent()
     axes_box = ax.get_window_extent()
-    assert legend.y1 <= axes_box.y0  # below the axes
+    assert legend.x0 >= axes_box.x1  # beside the axes
+    plt.close(figure)
+
+
+def test_point_labels_never_print_over_each_other():
+    import matplotlib.pyplot as plt
+
+    figure, ax = plt.subplots()
+    points = [(f"model-{i}", 0.5 + 0.001 * i, 0.5 + 0.001 * i) for i in range(8)]  # nearly one spot
+    plots._scatter(ax, points, "red", "o", "runs")
+    plots._scatter(ax, [("published-a", 0.5, 0.5), ("published-b", 0.5005, 0.5)], "blue", "o", "refs")
+    assert plots.declutter(figure) == 0
     plt.close(figure)

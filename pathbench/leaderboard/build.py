@@ -255,7 +255,10 @@ def build_leaderboard(bench: str, results: str | Path = DEFAULT_RESULTS, referen
 
     spread_keys = [k for k in keys if not spec.spread_with_reference or not references
                    or any(k in r.extras for r in references)]
-    run_entries = [_run_entry(run, columns, info, spread_keys, spec.decimals) for run in runs]
+    # runs get every declared column's value (plots may draw columns the table does not show)
+    hidden = [ColumnDef(c.key, c.label, c.description, metric=c.metric, tasks=c.tasks, statistic=c.statistic,
+                        spread=c.spread) for c in spec.columns if c.key not in keys]
+    run_entries = [_run_entry(run, [*columns, *hidden], info, spread_keys, spec.decimals) for run in runs]
     _disambiguate(run_entries)
     by_protocol: dict[str, list[Entry]] = {}
     for entry in run_entries:

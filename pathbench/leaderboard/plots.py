@@ -35,6 +35,7 @@ COST_CAPTION = ("Cost vs performance: parameters (and measured tiles/s where a r
 
 
 def _png(figure: plt.Figure) -> bytes:
+    declutter(figure)
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight")
     plt.close(figure)
@@ -47,10 +48,32 @@ def _scatter(ax: plt.Axes, points: Sequence[tuple[str, float, float]], color: st
         return
     ax.scatter([p[1] for p in points], [p[2] for p in points], c=color, marker=marker,
                s=150 if marker == "*" else 46, label=label, edgecolors="white", linewidths=0.6, zorder=3)
-    for i, (name, x, y) in enumerate(sorted(points, key=lambda p: (p[1], p[2]))):
-        # alternate the label side so that neighbouring points do not print over each other
-        dy = 4 if i % 2 == 0 else -10
-        ax.annotate(name, (x, y), textcoords="offset points", xytext=(5, dy), fontsize=7.5, color=color)
+    for name, x, y in sorted(points, key=lambda p: (p[1], p[2])):
+        ax.annotate(name, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=7.5, color=color)
+
+
+def declutter(figure: plt.Figure, steps: int = 60) -> int:
+    """Move point labels apart until no two overlap (or ``steps`` passes): each label that
+    overlaps an earlier one moves down by its own height. Returns the overlaps left."""
+    figure.canvas.draw()
+    renderer = figure.canvas.get_renderer()
+    left = 0
+    for ax in figure.axes:
+        labels = [t for t in ax.texts if hasattr(t, "xyann")]
+        for _ in range(steps):
+            boxes = [t.get_window_extent(renderer).expanded(1.02, 1.1) for t in labels]
+            moved = False
+            for i in range(1, len(labels)):
+                if any(boxes[i].overlaps(boxes[j]) for j in range(i)):
+                    x, y = labels[i].xyann
+                    labels[i].xyann = (x, y - 0.8 * boxes[i].height * 72 / figure.dpi)
+                    boxes[i] = labels[i].get_window_extent(renderer).expanded(1.02, 1.1)
+                    moved = True
+            if not moved:
+                break
+        boxes = [t.get_window_extent(renderer) for t in labels]
+        left += sum(boxes[i].overlaps(boxes[j]) for i in range(len(boxes)) for j in range(i))
+    return left
 
 
 def _from_zero(ax: plt.Axes) -> None:
@@ -65,9 +88,9 @@ def _from_zero(ax: plt.Axes) -> None:
 
 
 def _legend_below(ax: plt.Axes) -> None:
-    """The legend under the axes, where it can never cover a point."""
+    """The legend beside the axes, where it can never cover a point."""
     if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, frameon=False)
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
 
 
 def _run_label(entry: Entry) -> str:
