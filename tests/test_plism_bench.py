@@ -16,6 +16,7 @@ from pathbench import cli
 from pathbench.benches import plism as bench
 from pathbench.benches import plism_metrics
 from pathbench.data import plism as plism_data
+from pathbench.data import plism_hub
 from pathbench.data import synthetic_plism as synth
 
 OFFICIAL_SUBSETS = Path("/work/shared/data/plism-tile-subsets")
@@ -357,7 +358,7 @@ def test_data_hf_streams_only_the_selected_slides_into_the_cache(small_folder, m
         stream = datasets.load_dataset("parquet", data_files=files, split="train", streaming=True)
         yield from stream.cast_column("png", datasets.Image(decode=False))
 
-    monkeypatch.setattr(plism_data, "plism_hub_rows", local_stream)
+    monkeypatch.setattr(plism_hub, "plism_hub_rows", local_stream)
     slides, source = bench.open_plism("hf", ["HR"], ["S60", "AT2"], progress=False)
     assert sorted(slides) == ["HR_AT2_to_GMH_S60", "HR_S60_to_GMH_S60"] and source["kind"] == "hub"
     assert asked == [["HR_AT2_to_GMH_S60", "HR_S60_to_GMH_S60"]]

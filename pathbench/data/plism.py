@@ -31,13 +31,13 @@ import json
 import os
 import re
 import urllib.request
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from pathbench._io import atomic_write, save_npy
+from pathbench._io import atomic_write
 from pathbench.data.base import TileDataset, ids_digest
 from pathbench.data.images import decode_image
 from pathbench.data.parquet import RowGroupReader, parquet_file_identity
@@ -592,299 +592,21 @@ def detect_folder_format(root: str | os.PathLike) -> str:
     )
 
 
-# ------------------------------------------------------------------------------------
-# Hub downloads
-# ------------------------------------------------------------------------------------
-def download_h5_slides(slide_ids: Sequence[str], local_dir: str | os.PathLike | None = None) -> Path:
-    """Download only the asked slides of ``owkin/plism-dataset`` (about 2.5 GB each).
-
-    Uses ``huggingface_hub.snapshot_download`` with ``allow_patterns``, so the user's hub
-    cache, token and ``HF_HUB_OFFLINE`` apply. Returns the folder holding the ``.h5`` files.
-    """
-    from huggingface_hub import snapshot_download
-
-    patterns = [f"*{canonical_slide_id(s)}.tif.h5" for s in slide_ids]
-    try:
-        folder = snapshot_download(
-            repo_id=HUB_H5_REPO,
-            repo_type="dataset",
-            allow_patterns=patterns,
-            local_dir=None if local_dir is None else str(local_dir),
-        )
-    except Exception as exc:  # noqa: BLE001
-        raise DataError(
-            f"could not download {len(patterns)} slide(s) of {HUB_H5_REPO} ({exc}). Check the network "
-            "and your hub login, or download the .h5 files yourself and pass --data FOLDER."
-        ) from exc
-    return Path(folder)
+# The hub downloads and plismbench's feature layout live in their own modules; their names
+# stay importable from here.
 
 
-def shards_holding_slides(
-    slide_ids: Sequence[str], fs: Any = None, root: str = f"datasets/{HUB_TILES_REPO}/data"
-) -> list[str] | None:
-    """The parquet shards under ``root`` whose rows can belong to the asked slides.
-
-    Reads only each shard's footer (the min/max statistics of ``slide_id`` per row group),
-    so picking 21 of 91 slides streams about a quarter of the dataset instead of all of it.
-    ``fs`` is an fsspec filesystem (default: ``huggingface_hub.HfFileSystem``). Returns
-    the shard paths in order, or ``None`` when a shard lacks statistics.
-    """
-    import pyarrow.parquet as pq
-
-    if fs is None:
-        from huggingface_hub import HfFileSystem
-
-        fs = HfFileSystem()
-    wanted = set()
-    for slide in slide_ids:
-        wanted.update({canonical_slide_id(slide), f"{canonical_slide_id(slide)}.tif"})
-    selected = []
-    for path in sorted(fs.glob(f"{root.rstrip('/')}/*.parquet")):
-        with fs.open(path, "rb") as handle:
-            metadata = pq.ParquetFile(handle).metadata
-        for row_group in range(metadata.num_row_groups):
-            group = metadata.row_group(row_group)
-            column = next(
-                (
-                    group.column(j)
-                    for j in range(group.num_columns)
-                    if group.column(j).path_in_schema == "slide_id"
-                ),
-                None,
-            )
-            stats = None if column is None else column.statistics
-            if stats is None or not stats.has_min_max:
-                return None
-            low, high = str(stats.min), str(stats.max)
-            if any(low <= slide <= high for slide in wanted):
-                selected.append(path)
-                break
-    return selected
-
-
-def plism_hub_rows(slide_ids: Sequence[str] | None = None) -> Iterator[dict[str, Any]]:
-    """Stream the rows of ``owkin/plism-dataset-tiles`` with ``datasets`` (``png`` as bytes).
-
-    With ``slide_ids``, only the shards that can hold them are streamed (see
-    :func:`shards_holding_slides`); if that cannot be decided, every shard is.
-    """
-    import datasets
-
-    data_files = None
-    if slide_ids:
-        try:
-            shards = shards_holding_slides(slide_ids)
-        except Exception:  # noqa: BLE001 - an optimisation only: fall back to the whole stream
-            shards = None
-        if shards:
-            data_files = [f"data/{Path(p).name}" for p in shards]
-    stream = datasets.load_dataset(HUB_TILES_REPO, split="train", streaming=True, data_files=data_files)
-    stream = stream.cast_column("png", datasets.Image(decode=False))
-    yield from stream
-
-
-def materialise_slides(
-    rows: Iterable[Mapping[str, Any]],
-    slide_ids: Sequence[str],
-    out_dir: str | os.PathLike,
-    progress: bool = True,
-) -> Path:
-    """Write the asked slides of a row stream to ``out_dir/<slide_id>.parquet``, one file each.
-
-    ``rows`` is a stream in the hub dataset's schema, grouped by slide (as the hub dataset
-    is). Each slide's file is written atomically once all its rows were seen, so an
-    interrupted download resumes at the first missing slide; the stream stops as soon as
-    every asked slide is on disk. Returns ``out_dir``.
-    """
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-    from tqdm.auto import tqdm
-
-    out_dir = Path(out_dir)
-    wanted = {canonical_slide_id(s) for s in slide_ids}
-    todo = {s for s in wanted if not (out_dir / f"{s}.parquet").is_file()}
-    if not todo:
-        return out_dir
-    buffers: dict[str, dict[str, list[Any]]] = {}
-    bar = tqdm(total=len(todo), desc="PLISM slides downloaded", unit="slide", disable=not progress)
-
-    def flush(slide: str) -> None:
-        columns = buffers.pop(slide)
-        table = pa.table(
-            {
-                **{name: pa.array(columns[name], pa.string()) for name in PARQUET_COLUMNS[:-1]},
-                "png": pa.array(columns["png"], pa.binary()),
-            }
-        )
-        with atomic_write(out_dir / f"{slide}.parquet", "wb") as handle:
-            pq.write_table(table, handle, row_group_size=1024)
-        todo.discard(slide)
-        bar.update(1)
-
-    current: str | None = None
-    for row in rows:
-        slide = canonical_slide_id(row["slide_id"])
-        if current is not None and slide != current and current in buffers:
-            flush(current)
-            if not todo:
-                break
-        current = slide
-        if slide not in todo:
-            continue
-        columns = buffers.setdefault(slide, {name: [] for name in PARQUET_COLUMNS})
-        for name in PARQUET_COLUMNS[:-1]:
-            columns[name].append(str(row.get(name, "")))
-        png = row["png"]
-        columns["png"].append(png["bytes"] if isinstance(png, Mapping) else png)
-    for slide in list(buffers):
-        flush(slide)
-    bar.close()
-    if todo:
-        raise DataError(
-            f"the stream of {HUB_TILES_REPO} ended without slide(s) {', '.join(sorted(todo))}; "
-            "check the slide ids (--stainings / --scanners)."
-        )
-    return out_dir
-
-
-def download_tile_slides(
-    slide_ids: Sequence[str], cache_dir: str | os.PathLike | None = None, progress: bool = True
-) -> Path:
-    """The asked slides of ``owkin/plism-dataset-tiles``, streamed once into the pathbench cache."""
-    out_dir = cache_root(cache_dir) / "plism" / "hub-tiles"
-    if all((out_dir / f"{canonical_slide_id(s)}.parquet").is_file() for s in slide_ids):
-        return out_dir
-    try:
-        return materialise_slides(plism_hub_rows(slide_ids), slide_ids, out_dir, progress=progress)
-    except PathbenchError:
-        raise
-    except Exception as exc:  # noqa: BLE001
-        raise DataError(
-            f"could not stream {HUB_TILES_REPO} ({exc}). Check the network, or download its parquet "
-            "shards (or the .h5 files of owkin/plism-dataset) and pass --data FOLDER."
-        ) from exc
-
-
-def hub_slide_ids() -> list[str]:
-    """All 91 PLISM slide ids (13 stainings x 7 scanners), canonical form."""
-    return [slide_id_for(st, sc) for st in STAININGS for sc in SCANNERS]
-
-
-# ------------------------------------------------------------------------------------
-# plismbench-layout features
-# ------------------------------------------------------------------------------------
-class PlismbenchFeatures(Mapping[str, np.ndarray]):
-    """Features extracted in plismbench's layout, loaded one slide at a time.
-
-    ``<root>/<slide_id>/features.npy``: ``(n_tiles, 3 + dim)``, columns deep-zoom level, x, y,
-    then the features. The files are memory-mapped; ``self[slide_id]`` returns that slide's
-    ``(n_rows, dim) float32`` features for the kept rows, in ``(x, y)`` order. The slides are
-    checked to hold the same coordinates at construction, so every ``self[...]`` is aligned.
-    """
-
-    def __init__(
-        self,
-        root: str | os.PathLike,
-        stainings: Sequence[str] | None = None,
-        scanners: Sequence[str] | None = None,
-        tile_subset: np.ndarray | None = None,
-    ):
-        self.root = Path(root).expanduser()
-        if not self.root.is_dir():
-            raise DataError(f"--features-dir {self.root}: no such folder.")
-        found: dict[str, Path] = {}
-        for path in sorted(self.root.glob("*/features.npy")):
-            slide = canonical_slide_id(path.parent.name)
-            try:
-                slide_staining_scanner(slide)
-            except DataError:
-                continue
-            found[slide] = path
-        if not found:
-            raise DataError(
-                f"no <slide_id>/features.npy under {self.root}: expected plismbench's layout, e.g. "
-                f"{self.root}/GIVH_AT2_to_GMH_S60.tif/features.npy."
-            )
-        self.slide_ids = select_slides(found, stainings, scanners)
-        self.paths = {s: found[s] for s in self.slide_ids}
-        self._orders: dict[str, np.ndarray] = {}
-        reference: tuple[str, np.ndarray] | None = None
-        for slide in self.slide_ids:
-            array = self._open(slide)
-            coords = np.asarray(array[:, :3]).astype(np.int64)
-            order = coords_order(coords[:, 1], coords[:, 2])
-            coords = coords[order]
-            self._orders[slide] = order
-            if reference is None:
-                reference = (slide, coords)
-            elif not np.array_equal(reference[1], coords):
-                ids = {
-                    reference[0]: [tile_id_from_coords(*c) for c in reference[1]],
-                    slide: [tile_id_from_coords(*c) for c in coords],
-                }
-                check_alignment(ids)
-        self.dim = int(self._open(self.slide_ids[0]).shape[1] - 3)
-        assert reference is not None
-        self.n_rows_total = len(reference[1])
-        self.rows = apply_tile_subset(self.n_rows_total, tile_subset)
-        self.tile_ids = [tile_id_from_coords(*reference[1][i]) for i in self.rows]
-
-    def _open(self, slide: str) -> np.ndarray:
-        path = self.paths[slide]
-        try:
-            array = np.load(path, mmap_mode="r", allow_pickle=False)
-        except Exception as exc:  # noqa: BLE001
-            raise DataError(f"cannot read {path} as a .npy array ({exc}).") from exc
-        if array.ndim != 2 or array.shape[1] < 4:
-            raise DataError(
-                f"{path} has shape {array.shape}; expected (n_tiles, 3 + dim): level, x, y, then the features."
-            )
-        return array
-
-    def __getitem__(self, slide: str) -> np.ndarray:
-        array = self._open(slide)
-        rows = self._orders[slide][self.rows]
-        return np.asarray(array[rows, 3:], dtype=np.float32)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.slide_ids)
-
-    def __len__(self) -> int:
-        return len(self.slide_ids)
-
-    def check_finite(self, chunk_rows: int = 4096) -> None:
-        """Raise :class:`DataError` if a kept feature is NaN or infinite (bounded memory)."""
-        for slide in self.slide_ids:
-            array = self._open(slide)
-            rows = np.sort(self._orders[slide][self.rows])
-            for start in range(0, len(rows), chunk_rows):
-                block = np.asarray(array[rows[start : start + chunk_rows], 3:])
-                if not np.isfinite(block).all():
-                    raise DataError(
-                        f"features of slide {slide} ({self.paths[slide]}) hold NaN or infinite values; "
-                        "re-extract them (check the model's precision and weights)."
-                    )
-
-    def identity(self) -> dict[str, Any]:
-        """Which files these features are: path, size and modification time of each."""
-        files = {}
-        for slide, path in self.paths.items():
-            stat = path.stat()
-            files[slide] = [str(path), stat.st_size, stat.st_mtime_ns]
-        return {"features_dir": str(self.root), "files": files}
-
-
-def write_plismbench_features(
-    root: str | os.PathLike, slide_id: str, tile_ids: Sequence[str], features: np.ndarray
-) -> Path:
-    """Write one slide's features in plismbench's layout (``(n, 3 + dim) float32``, (x, y) order)."""
-    coords = np.array([parse_tile_id(t) for t in tile_ids], dtype=np.float32)
-    stacked = np.concatenate([coords, np.asarray(features, dtype=np.float32)], axis=1)
-    order = coords_order(coords[:, 1], coords[:, 2])
-    path = Path(root) / f"{canonical_slide_id(slide_id)}.tif" / "features.npy"
-    save_npy(path, stacked[order])
-    return path
-
+# The hub downloads and plismbench's feature layout live in their own modules; their names
+# stay importable from here.
+from pathbench.data.plism_features import PlismbenchFeatures, write_plismbench_features  # noqa: E402
+from pathbench.data.plism_hub import (  # noqa: E402
+    download_h5_slides,
+    download_tile_slides,
+    hub_slide_ids,
+    materialise_slides,
+    plism_hub_rows,
+    shards_holding_slides,
+)
 
 __all__ = [
     "DEFAULT_N_TILES",
@@ -906,15 +628,18 @@ __all__ = [
     "detect_folder_format",
     "download_h5_slides",
     "download_tile_slides",
+    "hub_slide_ids",
     "load_tile_subset",
     "materialise_slides",
     "open_h5_folder",
     "open_parquet_folder",
     "parse_tile_id",
+    "plism_hub_rows",
     "select_slides",
     "shards_holding_slides",
     "slide_id_for",
     "slide_staining_scanner",
     "subset_description",
     "tile_id_from_coords",
+    "write_plismbench_features",
 ]
