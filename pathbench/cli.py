@@ -196,7 +196,7 @@ def _extract(args: argparse.Namespace) -> int:
         raise PathbenchError("pathbench extract needs --model NAME (see `pathbench models`).")
     from pathbench import _io
     from pathbench.data.base import ImageFolderDataset
-    from pathbench.features import extract_features, init_distributed_from_env
+    from pathbench.features import extract_features, init_distributed_from_env, rank_and_world
     from pathbench.runner import check_writable, load_run_extractor
     from pathbench.settings import cache_root
 
@@ -209,7 +209,7 @@ def _extract(args: argparse.Namespace) -> int:
     dataset = ImageFolderDataset(args.data)
     extractor = load_run_extractor(run, pooling)
     features = extract_features(extractor, dataset, **run.extraction())
-    if distributed and torch_rank() != 0:  # every rank extracted its shards; one reports and exports
+    if distributed and rank_and_world()[0] != 0:  # every rank extracted its shards; one reports and exports
         return 0
     print(f"{len(features)} embeddings of dim {features.shape[1]} in {features.path}")
     if args.out:
@@ -224,13 +224,6 @@ def _default_pooling(model: str) -> str:
     from pathbench.extractors import get_spec
 
     return get_spec(model).default_pooling
-
-
-def torch_rank() -> int:
-    """This process's rank in a ``torchrun`` job (0 outside one)."""
-    import torch.distributed as dist
-
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
 # ------------------------------------------------------------------------------------

@@ -179,7 +179,7 @@ def extract_features(
         raise DataError("dataset item ids are not unique; each item needs its own id.")
     key, description = feature_key(extractor, dataset, pooling, shard_size)
     entry = cache_root(cache_dir) / "features" / key[:2] / key
-    rank, world = _rank_and_world()
+    rank, world = rank_and_world()
     # Rank 0 alone verifies (and may discard) a complete entry; every rank follows its verdict.
     complete = rank == 0 and (entry / "manifest.json").is_file() and _verified(entry, full=verify)
     if _rank0_says(complete):
@@ -209,7 +209,7 @@ def extract_features(
     if pending:
         run(pending, done_items, sum(_shard_rows(s, n_items, shard_size) for s in mine))
     computed = sum(_shard_rows(s, n_items, shard_size) for s in pending)
-    _barrier()
+    barrier()
     if rank == 0:
 
         def join() -> list[int]:
@@ -227,7 +227,7 @@ def extract_features(
         if bad:
             raise PathbenchError(f"shards {bad[:5]} of feature cache entry {entry} fail verification again right "
                                  "after being recomputed; check the disk (space, errors) and run again.")
-    _barrier()
+    barrier()
     with contextlib.suppress(FileNotFoundError):
         marker.unlink()
     if not _verified(entry, full=False):
@@ -557,7 +557,8 @@ def _distributed() -> bool:
     return not _local_depth and torch.distributed.is_available() and torch.distributed.is_initialized()
 
 
-def _rank_and_world() -> tuple[int, int]:
+def rank_and_world() -> tuple[int, int]:
+    """This process's rank and the world size of a ``torchrun`` job, else (0, 1)."""
     if _distributed():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
     return 0, 1
@@ -572,7 +573,8 @@ def _rank0_says(flag: bool) -> bool:
     return bool(message[0])
 
 
-def _barrier() -> None:
+def barrier() -> None:
+    """Wait for every rank of a ``torchrun`` job (nothing outside one)."""
     if _distributed():
         torch.distributed.barrier()
 

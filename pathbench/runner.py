@@ -272,10 +272,10 @@ def embed_inputs(extractor: Any, inputs: Inputs, pooling: str, run: RunOptions) 
     """
     from pathbench.benches.base import EmbeddingSet
     from pathbench.extractors.base import GRID
-    from pathbench.features import extract_features, local_extraction
+    from pathbench.features import barrier, extract_features, local_extraction, rank_and_world
 
     computed, seconds, recorded = 0, 0.0, []
-    rank, world = _rank_and_world()
+    rank, world = rank_and_world()
     bags = [key for key, request in inputs.requests.items() if request.granularity is Granularity.BAG]
     if world > 1 and bags:  # under torchrun whole slides go to the ranks in turn, then everyone reads them
         with local_extraction():
@@ -284,7 +284,7 @@ def embed_inputs(extractor: Any, inputs: Inputs, pooling: str, run: RunOptions) 
                 extract_features(extractor, request.dataset, pooling=pooling, desc=request.desc or key,
                                  **run.extraction())
                 request.dataset.close()
-        _barrier()
+        barrier()
     inputs.normalisation = (tuple(extractor.spec.mean), tuple(extractor.spec.std))
     if inputs.wants_encoder:
         inputs.encoder = extractor.forward_grid
@@ -320,25 +320,6 @@ def embed_inputs(extractor: Any, inputs: Inputs, pooling: str, run: RunOptions) 
             "device": str(extractor.device)}
 
 
-def _rank_and_world() -> tuple[int, int]:
-    """This process's rank and the world size of a ``torchrun`` job, else (0, 1); no torch import
-    outside one."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return 0, 1
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def _barrier() -> None:
-    if _rank_and_world()[1] > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
-
-
 def extract(model: str, bench: str, data: str | None, out: str | os.PathLike, fmt: str, **options: Any) -> list[Path]:
     """Embed a benchmark's data and write it in another tool's format (``pathbench extract --format``).
 
@@ -360,12 +341,12 @@ def extract(model: str, bench: str, data: str | None, out: str | os.PathLike, fm
     spec = get_spec(model)
     pooling = run.pooling or benchmark.pooling or spec.pooling_for(benchmark.name)
     inputs = benchmark.prepare(bench_options, run.data, cache_dir=run.cache_dir, progress=run.progress)
-    from pathbench.features import init_distributed_from_env
+    from pathbench.features import init_distributed_from_env, rank_and_world
 
     init_distributed_from_env()
     extractor = load_run_extractor(run, pooling, inputs)
     embed_inputs(extractor, inputs, pooling, run)
-    if _rank_and_world()[0] != 0:
+    if rank_and_world()[0] != 0:
         return []
     return benchmark.export(inputs, Path(out), fmt, progress=run.progress)
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from pathbench.errors import PathbenchError
 
@@ -40,6 +41,24 @@ def _eva(root: Path, seed: int) -> Path:
 
 
 GENERATORS: dict[str, Callable[[Path, int], Path]] = {"plism": _plism, "hest": _hest, "eva": _eva}
+
+
+def write_task_folder(folder: Path, params: dict[str, Any], write: Callable[[Path], None]) -> bool:
+    """Generate one task folder: ``write(staging)`` fills a staging folder beside ``folder``,
+    which is renamed into place once complete with its parameters in ``synthetic.json``.
+
+    A folder that already records the same ``params`` is kept (a second call costs nothing).
+    Returns whether the folder was written.
+    """
+    from pathbench._io import atomic_directory, read_json, write_json
+
+    marker = folder / "synthetic.json"
+    if marker.is_file() and read_json(marker) == params:
+        return False
+    with atomic_directory(folder) as staging:
+        write(staging)
+        write_json(staging / "synthetic.json", params)
+    return True
 
 
 def write_synthetic(bench: str, root: str | os.PathLike, seed: int = 0) -> Path:

@@ -25,8 +25,9 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from pathbench._io import atomic_directory, read_json, write_csv, write_json
+from pathbench._io import write_csv
 from pathbench.data.eva import BACH_CLASSES, CRC_CLASSES, CRC_SPLIT_DIRS, MHIST_CLASSES, TASK_DATA
+from pathbench.data.synthetic import write_task_folder
 
 GENERATOR_VERSION = 4
 
@@ -153,12 +154,7 @@ def make_synthetic_eva(
         if task not in _WRITERS:
             raise ValueError(f"unknown eva task {task!r}; expected one of {', '.join(_WRITERS)}.")
         params = {"generator_version": GENERATOR_VERSION, "seed": seed, "task": task, "sizes": sizes[task]}
-        task_dir = root / TASK_DATA[task].eva_dir
-        marker = task_dir / "synthetic.json"
-        if marker.is_file() and read_json(marker) == params:
-            continue
         rng = np.random.default_rng([seed, list(_WRITERS).index(task)])
-        with atomic_directory(task_dir) as staging:
-            _WRITERS[task](staging, rng, sizes[task])
-            write_json(staging / "synthetic.json", params)
+        write_task_folder(root / TASK_DATA[task].eva_dir, params,
+                          lambda staging, task=task, rng=rng: _WRITERS[task](staging, rng, sizes[task]))
     return root

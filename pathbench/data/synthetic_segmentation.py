@@ -42,8 +42,8 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage as ndi
 
-from pathbench._io import atomic_directory, read_json, write_json
 from pathbench.data.monusac import MONUSAC_SPLIT_FOLDERS
+from pathbench.data.synthetic import write_task_folder
 
 GENERATOR_VERSION = 1
 DEFAULT_SIZES: dict[str, dict[str, int]] = {
@@ -259,14 +259,9 @@ def make_synthetic_segmentation(
         if task not in _WRITERS:
             raise ValueError(f"unknown segmentation task {task!r}; expected one of {', '.join(_WRITERS)}.")
         params = {"generator_version": GENERATOR_VERSION, "seed": seed, "task": task, "sizes": sizes[task]}
-        task_dir = root / TASK_DIRS[task]
-        marker = task_dir / "synthetic.json"
-        if marker.is_file() and read_json(marker) == params:
-            continue
         rng = np.random.default_rng([seed, list(_WRITERS).index(task)])
-        with atomic_directory(task_dir) as staging:
-            _WRITERS[task](staging, rng, sizes[task])
-            write_json(staging / "synthetic.json", params)
+        write_task_folder(root / TASK_DIRS[task], params,
+                          lambda staging, task=task, rng=rng: _WRITERS[task](staging, rng, sizes[task]))
     return root
 
 

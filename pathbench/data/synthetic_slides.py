@@ -44,7 +44,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from pathbench._io import atomic_directory, read_json, write_csv, write_json
+from pathbench._io import write_csv
+from pathbench.data.synthetic import write_task_folder
 from pathbench.data.synthetic_plism import hed_to_rgb, load_demo_tiles, rgb_to_hed
 
 GENERATOR_VERSION = 1
@@ -189,17 +190,15 @@ def make_synthetic_slides(root: str | os.PathLike, tasks: tuple[str, ...] = ("ca
         if task not in TASK_FOLDERS:
             raise ValueError(f"unknown slide task {task!r}; expected one of {', '.join(TASK_FOLDERS)}.")
         params = {"generator_version": GENERATOR_VERSION, "seed": int(seed), "task": task}
-        folder = root / TASK_FOLDERS[task]
-        marker = folder / "synthetic.json"
-        if marker.is_file() and read_json(marker) == params:
-            continue
         rng = np.random.default_rng([int(seed), list(TASK_FOLDERS).index(task)])
-        with atomic_directory(folder) as staging:
+
+        def write(staging: Path, task: str = task, rng: np.random.Generator = rng) -> None:
             if task == "camelyon16":
                 _write_camelyon16(staging, tiles, rng)
             else:
                 _write_panda(staging, tiles, rng, seed)
-            write_json(staging / "synthetic.json", params)
+
+        write_task_folder(root / TASK_FOLDERS[task], params, write)
     return root
 
 
